@@ -1,0 +1,46 @@
+"""The service's error tree: every failure is retriable or permanent, decided by class."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service raises on purpose."""
+
+
+class RetriableError(ServiceError):
+    """A transient failure: the same action may succeed later."""
+
+
+class PermanentError(ServiceError):
+    """A failure that will not go away by trying again."""
+
+
+class InvalidPayloadError(PermanentError):
+    """The Kafka record is not a valid email request."""
+
+
+class TemplateError(PermanentError):
+    """The template is unknown, a variable is missing, or rendering failed."""
+
+
+class SmtpError(ServiceError):
+    """Base for failures reported by (or on the way to) the SMTP relay.
+
+    ``code`` is the SMTP reply code when a reply decided the failure, else ``None``.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SmtpTransientError(SmtpError, RetriableError):
+    """Connect error, disconnect, timeout or a 4xx reply."""
+
+
+class SmtpRejectedError(SmtpError, PermanentError):
+    """A 5xx reply, or every recipient refused with 5xx."""
+
+
+class DeadLetterUnavailableError(RetriableError):
+    """The dead-letter topic could not be written (broker down, timeout)."""

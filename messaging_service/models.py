@@ -1,0 +1,209 @@
+"""The request contract, the values that flow through the pipeline, and the adapters' Protocols."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .addresses import Address, parse_address
+from .errors import InvalidPayloadError
+
+MAX_RECIPIENTS = 50
+MAX_ID_LENGTH = 200
+MAX_SUBJECT_LENGTH = 998
+_ID_PATTERN = re.compile(r"[\x20-\x7e]+")
+_TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_\-]{0,99}$"
+
+
+class Outcome(enum.StrEnum):
+    """Where a request ended: both are final, and only final requests are committed."""
+
+    SENT = "sent"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class FailureReason(enum.StrEnum):
+    """Why a request was dead-lettered; the value is the ``email-failure-reason`` header."""
+
+    INVALID_PAYLOAD = "invalid_payload"
+    TEMPLATE_ERROR = "template_error"
+    SMTP_REJECTED = "smtp_rejected"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+def _address(value: Any) -> Address:
+    if isinstance(value, Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("an address must be a string")  # noqa: TRY004 - pydantic wants ValueError
+    return parse_address(value)
+
+
+def _address_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+EmailAddress = Annotated[Address, BeforeValidator(_address)]
+AddressList = Annotated[list[EmailAddress], BeforeValidator(_address_list)]
+
+
+def _no_line_breaks(value: str | None, what: str) -> str | None:
+    if value is not None and ("\r" in value or "\n" in value):
+        raise ValueError(f"{what} must not contain line breaks")
+    return value
+
+
+class EmailRequest(BaseModel):
+    """One email request as published to the requests topic (untrusted input)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    template: str | None = Field(default=None, pattern=_TEMPLATE_NAME)
+    to: AddressList = Field(min_length=1)
+    cc: AddressList = Field(default_factory=list)
+    bcc: AddressList = Field(default_factory=list)
+    reply_to: EmailAddress | None = None
+    subject: str | None = Field(default=None, max_length=MAX_SUBJECT_LENGTH)
+    text: str | None = None
+    html: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_printable_ascii(cls, value: str) -> str:
+        if not _ID_PATTERN.fullmatch(value) or not value.strip():
+            raise ValueError("id must be printable ASCII (no line breaks or control characters)")
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject_single_line(cls, value: str | None) -> str | None:
+        return _no_line_breaks(value, "subject")
+
+    @model_validator(mode="after")
+    def _content_and_recipients(self) -> EmailRequest:
+        if self.template is None:
+            if not self.subject:
+                raise ValueError("subject is required when no template is given")
+            if self.text is None and self.html is None:
+                raise ValueError("text or html is required when no template is given")
+        total = len(self.to) + len(self.cc) + len(self.bcc)
+        if total > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc; got {total}")
+        return self
+
+    @property
+    def envelope_recipients(self) -> list[str]:
+        """Every recipient once, in order: to, cc, then bcc (Bcc appears nowhere else)."""
+        seen: dict[str, None] = {}
+        for address in (*self.to, *self.cc, *self.bcc):
+            seen.setdefault(address.addr_spec.lower(), None)
+        return list(seen)
+
+
+def parse_request(value: bytes | None) -> EmailRequest:
+    """Decode and validate a record value; raise InvalidPayloadError saying what is wrong."""
+    if value is None:
+        raise InvalidPayloadError("record has no value")
+    try:
+        return EmailRequest.model_validate_json(value)
+    except ValidationError as exc:
+        raise InvalidPayloadError(_summarise(exc)) from exc
+
+
+def _summarise(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:limit]:
+        where = ".".join(str(part) for part in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """A consumed Kafka record, independent of the client library."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """Subject and bodies after templating; at least one body is present."""
+
+    subject: str
+    text: str | None
+    html: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    """What goes on the wire: envelope and the complete message bytes (CRLF line endings)."""
+
+    email_id: str
+    sender: str
+    recipients: Sequence[str]
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRefusal:
+    recipient: str
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendReport:
+    """The relay accepted the message; ``refused`` lists recipients it turned down."""
+
+    refused: tuple[RecipientRefusal, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A request that cannot be delivered, and why."""
+
+    record: InboundRecord
+    reason: FailureReason
+    error: Exception
+    attempts: int
+    smtp_code: int | None = None
+    email_id: str | None = field(default=None)
+
+
+class Sender(Protocol):
+    """Sends one message to the relay. Raises SmtpTransientError or SmtpRejectedError."""
+
+    async def send(self, email: OutgoingEmail) -> SendReport: ...
+
+
+class DeadLetterSink(Protocol):
+    """Publishes a dead letter and returns once the broker acknowledged it.
+
+    Raises DeadLetterUnavailableError when it could not.
+    """
+
+    async def publish(self, letter: DeadLetter) -> None: ...
