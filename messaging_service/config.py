@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -244,3 +245,22 @@ def _describe(cls: type[BaseSettings], exc: ValidationError) -> list[str]:
         variable = field.upper() if field in aliases else (prefix + field).upper()
         lines.append(f"{variable}: {error['msg']}")
     return lines
+
+
+def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by the consumer and the producer."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_list,
+        "security_protocol": kafka.security_protocol.value,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL):
+        options["ssl_context"] = ssl.create_default_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
+    if kafka.sasl_mechanism is not None:
+        options["sasl_mechanism"] = kafka.sasl_mechanism.value
+        options["sasl_plain_username"] = kafka.sasl_username
+        if kafka.sasl_password is not None:
+            options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    return options

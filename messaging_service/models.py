@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -123,6 +124,20 @@ def parse_request(value: bytes | None) -> EmailRequest:
         return EmailRequest.model_validate_json(value)
     except ValidationError as exc:
         raise InvalidPayloadError(_summarise(exc)) from exc
+
+
+def guess_request_id(value: bytes | None) -> str | None:
+    """The ``id`` of a payload that failed validation, when one can be read, for logs."""
+    if value is None:
+        return None
+    try:
+        document = json.loads(value)
+    except ValueError:
+        return None
+    candidate = document.get("id") if isinstance(document, dict) else None
+    if isinstance(candidate, str) and _ID_PATTERN.fullmatch(candidate[:MAX_ID_LENGTH]):
+        return candidate[:MAX_ID_LENGTH]
+    return None
 
 
 def _summarise(exc: ValidationError, limit: int = 3) -> str:

@@ -30,17 +30,25 @@ class RetryPolicy:
             raise ValueError("retry numbers start at 1")
         return self.delays[min(retry_number, len(self.delays)) - 1]
 
-    def next_delay(self, error: BaseException, *, attempts_made: int) -> float | None:
-        """Seconds before the next attempt, or None when the error is final.
+    def delay_after(self, attempts_made: int) -> float | None:
+        """Seconds before the next attempt, or None when the retries are used up.
 
         ``attempts_made`` counts attempts so far, including the one that just failed.
         """
-        if not isinstance(error, RetriableError):
+        if attempts_made > self.max_retries:
             return None
-        retry_number = attempts_made
-        if retry_number > self.max_retries:
+        return self.delay_before_retry(attempts_made)
+
+    def next_delay(self, error: BaseException, *, attempts_made: int) -> float | None:
+        """Seconds before the next attempt after ``error``, or None when the failure is final."""
+        if not is_retriable(error):
             return None
-        return self.delay_before_retry(retry_number)
+        return self.delay_after(attempts_made)
+
+
+def is_retriable(error: BaseException) -> bool:
+    """Retriability is a property of the error's class, never of its message."""
+    return isinstance(error, RetriableError)
 
 
 @dataclass(frozen=True, slots=True)

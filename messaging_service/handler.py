@@ -1,0 +1,244 @@
+"""One request from raw record to final outcome: parse, render, send, retry, dead-letter.
+
+The handler never sleeps: a transient failure returns ``RetryIn`` and the caller parks the
+delivery outside the worker pool, so a request waiting for its retry holds no worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from .errors import (
+    DeadLetterUnavailableError,
+    InvalidPayloadError,
+    ServiceError,
+    SmtpRejectedError,
+    SmtpTransientError,
+    TemplateError,
+)
+from .health import Health
+from .metrics import Metrics
+from .mime import MessageBuilder
+from .models import (
+    DeadLetter,
+    DeadLetterSink,
+    FailureReason,
+    InboundRecord,
+    OutgoingEmail,
+    Outcome,
+    Sender,
+    guess_request_id,
+    parse_request,
+)
+from .retry import Backoff, RetryPolicy
+from .templates import TemplateRenderer
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """The state of one request across its attempts; owned by whoever holds it now."""
+
+    record: InboundRecord
+    email_id: str | None = None
+    email: OutgoingEmail | None = None
+    attempts: int = 0
+    dead_letter: DeadLetter | None = None
+    publish_failures: int = 0
+    unexpected_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class RetryIn:
+    seconds: float
+
+
+Step = Finished | RetryIn
+
+
+class RequestHandler:
+    """Moves a Delivery one step forward. Only the Protocols reach the outside world."""
+
+    def __init__(
+        self,
+        *,
+        renderer: TemplateRenderer,
+        builder: MessageBuilder,
+        sender: Sender,
+        dead_letters: DeadLetterSink,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        health: Health,
+        dead_letter_backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._renderer = renderer
+        self._builder = builder
+        self._sender = sender
+        self._dead_letters = dead_letters
+        self._policy = policy
+        self._metrics = metrics
+        self._health = health
+        self._backoff = dead_letter_backoff or Backoff()
+        self._clock = clock
+
+    async def process(self, delivery: Delivery) -> Step:
+        """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
+        if delivery.dead_letter is not None:
+            return await self._publish(delivery)
+        if delivery.email is None:
+            try:
+                delivery.email = self._prepare(delivery)
+            except InvalidPayloadError as exc:
+                return await self._dead_letter(delivery, FailureReason.INVALID_PAYLOAD, exc)
+            except TemplateError as exc:
+                return await self._dead_letter(delivery, FailureReason.TEMPLATE_ERROR, exc)
+        return await self._attempt(delivery, delivery.email)
+
+    async def recover(self, delivery: Delivery, error: Exception) -> Step:
+        """Decide what to do after an exception nothing translated (a bug, by definition).
+
+        Such a request is treated as transient: it is retried on the normal schedule and then
+        dead-lettered, so it always reaches a final outcome and its offset is never stuck.
+        """
+        self._metrics.unexpected_errors.inc()
+        log.error("unexpected_error", exc_info=error, attempt=delivery.attempts)
+        if delivery.dead_letter is not None:
+            return await self._publish(delivery)
+        delivery.unexpected_failures += 1
+        delay = self._policy.delay_after(delivery.unexpected_failures)
+        if delay is not None:
+            return RetryIn(delay)
+        return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, error)
+
+    def _prepare(self, delivery: Delivery) -> OutgoingEmail:
+        value = delivery.record.value
+        try:
+            request = parse_request(value)
+        except InvalidPayloadError:
+            delivery.email_id = guess_request_id(value)
+            raise
+        delivery.email_id = request.id
+        structlog.contextvars.bind_contextvars(email_id=request.id)
+        return self._builder.build(request, self._renderer.render(request))
+
+    async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
+        delivery.attempts += 1
+        started = time.perf_counter()
+        try:
+            report = await self._sender.send(email)
+        except SmtpRejectedError as exc:
+            self._observe_attempt(started, "rejected")
+            return await self._dead_letter(
+                delivery, FailureReason.SMTP_REJECTED, exc, code=exc.code
+            )
+        except SmtpTransientError as exc:
+            self._observe_attempt(started, "transient")
+            if exc.code is None:
+                self._health.smtp_reachable = False
+            return await self._transient(delivery, exc)
+        self._observe_attempt(started, None)
+        self._health.smtp_reachable = True
+        for refusal in report.refused:
+            self._metrics.recipients_refused.inc()
+            log.warning(
+                "recipient_refused",
+                recipient=refusal.recipient,
+                smtp_code=refusal.code,
+                smtp_message=refusal.message,
+            )
+        self._metrics.sent.inc()
+        self._finish(delivery, Outcome.SENT)
+        log.info("email_sent", attempt=delivery.attempts, recipients=len(email.recipients))
+        return Finished(Outcome.SENT)
+
+    async def _transient(self, delivery: Delivery, exc: SmtpTransientError) -> Step:
+        delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)
+        if delay is None:
+            return await self._dead_letter(
+                delivery, FailureReason.RETRIES_EXHAUSTED, exc, code=exc.code
+            )
+        self._metrics.retries.inc()
+        log.warning(
+            "email_retry_scheduled",
+            attempt=delivery.attempts,
+            retry_in=delay,
+            smtp_code=exc.code,
+            error=str(exc),
+        )
+        return RetryIn(delay)
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        reason: FailureReason,
+        error: Exception,
+        *,
+        code: int | None = None,
+    ) -> Step:
+        delivery.dead_letter = DeadLetter(
+            record=delivery.record,
+            reason=reason,
+            error=error,
+            attempts=delivery.attempts,
+            smtp_code=code,
+            email_id=delivery.email_id,
+        )
+        return await self._publish(delivery)
+
+    async def _publish(self, delivery: Delivery) -> Step:
+        letter = delivery.dead_letter
+        assert letter is not None  # noqa: S101 - callers set it; a bug otherwise
+        try:
+            await self._dead_letters.publish(letter)
+        except DeadLetterUnavailableError as exc:
+            delivery.publish_failures += 1
+            self._health.dead_letter_sink_ok = False
+            self._metrics.dead_letter_publish_failures.inc()
+            delay = self._backoff.delay(delivery.publish_failures)
+            log.error(
+                "dead_letter_publish_failed",
+                reason=letter.reason.value,
+                failures=delivery.publish_failures,
+                retry_in=delay,
+                error=str(exc),
+            )
+            return RetryIn(delay)
+        self._health.dead_letter_sink_ok = True
+        self._metrics.dead_letters.labels(letter.reason.value).inc()
+        self._finish(delivery, Outcome.DEAD_LETTERED)
+        log.warning(
+            "email_dead_lettered",
+            reason=letter.reason.value,
+            attempts=letter.attempts,
+            smtp_code=letter.smtp_code,
+            error=_short(letter.error),
+            error_type=type(letter.error).__name__,
+        )
+        return Finished(Outcome.DEAD_LETTERED)
+
+    def _observe_attempt(self, started: float, error_kind: str | None) -> None:
+        self._metrics.send_duration.observe(time.perf_counter() - started)
+        if error_kind is not None:
+            self._metrics.send_errors.labels(error_kind).inc()
+
+    def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        timestamp_ms = delivery.record.timestamp_ms
+        if timestamp_ms is not None and timestamp_ms > 0:
+            elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)
+            self._metrics.end_to_end.labels(outcome.value).observe(elapsed)
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = str(error) if isinstance(error, ServiceError) else f"{type(error).__name__}: {error}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

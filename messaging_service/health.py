@@ -1,0 +1,29 @@
+"""What /healthz and /readyz report: the service's view of its own dependencies."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Health:
+    """Mutable flags the adapters flip; read by the HTTP endpoints and exported as metrics."""
+
+    joined_group: bool = False
+    smtp_reachable: bool = False
+    dead_letter_sink_ok: bool = True
+    draining: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "joined_group": self.joined_group,
+            "smtp_reachable": self.smtp_reachable,
+            "dead_letter_topic_writable": self.dead_letter_sink_ok,
+            "accepting_work": not self.draining,
+        }
+
+    @property
+    def ready(self) -> bool:
+        return all(self.readiness().values())

@@ -1,0 +1,55 @@
+"""structlog set-up: JSON events for machines, coloured lines for people, one stream for both."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from .config import LogFormat, LogSettings
+
+# Libraries log through the standard library; they are noisy at INFO.
+_QUIET_LIBRARIES = ("aiokafka", "aiosmtplib", "aiohttp.access", "mail.log")
+
+
+def configure_logging(settings: LogSettings) -> None:
+    """Route structlog and stdlib logging to stdout through the same renderer."""
+    level = logging.getLevelNamesMapping()[settings.level.value]
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor
+    if settings.format is LogFormat.JSON:
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger; events carry whatever the current context has bound."""
+    return structlog.get_logger(name)

@@ -1,0 +1,141 @@
+"""Prometheus metrics on an injected registry; gauges of live state are read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Relay round trips: sub-millisecond local sinks up to slow, throttled relays.
+_SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Record timestamp to final outcome: includes queueing and retry waits (1 s, 5 s, 10 s).
+_E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 900)
+
+_PREFIX = "email_"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """Callables that report current values; evaluated only when Prometheus scrapes."""
+
+    pool: Callable[[], Mapping[str, int]]
+    """size, queued, running, completed, failed, panicked"""
+    retry_waiting: Callable[[], int]
+    in_flight: Callable[[], int]
+    uncommitted_finished: Callable[[], int]
+    assigned_partitions: Callable[[], int]
+    health: Callable[[], Mapping[str, bool]]
+
+
+class Metrics:
+    """Every metric the service exports. Construct once per registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.consumed = Counter(
+            _PREFIX + "requests_consumed", "Requests read from the topic.", registry=registry
+        )
+        self.sent = Counter(_PREFIX + "sent", "Emails accepted by the relay.", registry=registry)
+        self.dead_letters = Counter(
+            _PREFIX + "dead_letters",
+            "Requests published to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            _PREFIX + "retries",
+            "Transient SMTP failures that were scheduled for another attempt.",
+            registry=registry,
+        )
+        self.recipients_refused = Counter(
+            _PREFIX + "recipients_refused",
+            "Recipients the relay refused while accepting the message for others.",
+            registry=registry,
+        )
+        self.send_errors = Counter(
+            _PREFIX + "send_errors",
+            "Failed SMTP attempts, by kind (transient or rejected).",
+            ["kind"],
+            registry=registry,
+        )
+        self.dead_letter_publish_failures = Counter(
+            _PREFIX + "dead_letter_publish_failures",
+            "Attempts to write the dead-letter topic that failed (they are retried).",
+            registry=registry,
+        )
+        self.commits = Counter(
+            _PREFIX + "offset_commits", "Successful offset commits.", registry=registry
+        )
+        self.commit_failures = Counter(
+            _PREFIX + "offset_commit_failures", "Offset commits that failed.", registry=registry
+        )
+        self.unexpected_errors = Counter(
+            _PREFIX + "unexpected_errors",
+            "Exceptions no adapter translated (bugs); the request is retried, then dead-lettered.",
+            registry=registry,
+        )
+        self.send_duration = Histogram(
+            _PREFIX + "send_duration_seconds",
+            "Duration of one SMTP attempt.",
+            buckets=_SEND_BUCKETS,
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            _PREFIX + "end_to_end_duration_seconds",
+            "From the Kafka record's timestamp to the request's final outcome.",
+            ["outcome"],
+            buckets=_E2E_BUCKETS,
+            registry=registry,
+        )
+
+    def watch(self, state: LiveState) -> None:
+        """Export live gauges (pool, queue, offsets, health) read at scrape time."""
+        self.registry.register(_LiveCollector(state))
+
+
+class _LiveCollector(Collector):
+    def __init__(self, state: LiveState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._state.pool()
+        yield _gauge("worker_pool_size", "Workers in the pool.", pool["size"])
+        yield _gauge("workers_busy", "Workers running a request now.", pool["running"])
+        yield _gauge("queue_depth", "Requests queued in front of the workers.", pool["queued"])
+        yield _gauge(
+            "retry_waiting", "Requests waiting for their next retry.", self._state.retry_waiting()
+        )
+        yield _gauge(
+            "in_flight_requests",
+            "Requests consumed and not yet finished (queued, running or waiting).",
+            self._state.in_flight(),
+        )
+        yield _gauge(
+            "uncommitted_finished_offsets",
+            "Finished requests whose offsets are not committed yet.",
+            self._state.uncommitted_finished(),
+        )
+        yield _gauge(
+            "assigned_partitions",
+            "Partitions of the requests topic assigned to this process.",
+            self._state.assigned_partitions(),
+        )
+        for field in ("completed", "failed", "panicked"):
+            counter = CounterMetricFamily(
+                _PREFIX + f"pool_jobs_{field}", f"Worker pool jobs {field}."
+            )
+            counter.add_metric([], pool[field])
+            yield counter
+        ready = GaugeMetricFamily(
+            _PREFIX + "readiness_check", "1 when the readiness check passes.", labels=["check"]
+        )
+        for check, ok in self._state.health().items():
+            ready.add_metric([check], 1.0 if ok else 0.0)
+        yield ready
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(_PREFIX + name, documentation, value=value)

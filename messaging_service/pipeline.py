@@ -1,0 +1,212 @@
+"""The consumer loop: admit records under backpressure, run them on the pool, commit safely.
+
+Every record is tracked before it is handed to a worker and finished only when its outcome is
+final, so the committed offset of a partition never passes a request that is still pending —
+whether it is queued, being sent, waiting for a retry, or waiting for the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from .handler import Delivery, RequestHandler, RetryIn, Step
+from .health import Health
+from .metrics import Metrics
+from .models import InboundRecord, Outcome
+from .offsets import OffsetTracker, PartitionOffsets, TopicPartition
+from .pool import CURRENT_WORKER, Job, JobStatus, WorkerPool
+from .errors import RetriableError
+from .retry import Backoff
+from .scheduler import DelayQueue
+
+log = structlog.get_logger(__name__)
+
+# How long one fetch may wait for records; bounds how quickly the loop notices a stop.
+_FETCH_WAIT_MS = 100
+_IDLE_WAIT = 1.0
+
+
+class RequestSource(Protocol):
+    """What the loop needs from the Kafka consumer adapter."""
+
+    async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]: ...
+    def pause_all(self) -> None: ...
+    def resume_all(self) -> None: ...
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    max_in_flight: int
+    commit_interval: float
+    shutdown_timeout: float
+
+
+class Pipeline:
+    """Owns the admission loop, offset bookkeeping and commits for one consumer."""
+
+    def __init__(
+        self,
+        *,
+        handler: RequestHandler,
+        pool: WorkerPool,
+        delays: DelayQueue,
+        tracker: OffsetTracker,
+        metrics: Metrics,
+        health: Health,
+        settings: PipelineSettings,
+    ) -> None:
+        self._handler = handler
+        self._pool = pool
+        self._delays = delays
+        self._tracker = tracker
+        self._metrics = metrics
+        self._health = health
+        self._settings = settings
+        self._source: RequestSource | None = None
+        # Set whenever a job starts or finishes: room may have appeared, or a drain may be done.
+        self._progress = asyncio.Event()
+        self._fetch_backoff = Backoff(initial=0.2, ceiling=5.0)
+
+    async def run(self, source: RequestSource, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then drain within the shutdown timeout and commit."""
+        self._source = source
+        next_commit = time.monotonic() + self._settings.commit_interval
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self._admit(source)
+                failures = 0
+            except RetriableError as exc:
+                failures += 1
+                delay = self._fetch_backoff.delay(failures)
+                log.warning("fetch_failed", error=str(exc), retry_in=delay)
+                await _wait(stop, delay)
+            if time.monotonic() >= next_commit:
+                await self.commit()
+                next_commit = time.monotonic() + self._settings.commit_interval
+        await self._drain(source)
+
+    async def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        self._tracker.assign(partitions)
+        self._health.joined_group = True
+        log.info("partitions_assigned", partitions=_names(partitions))
+
+    async def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Commit what is finished on the partitions we lose; their pending work is redelivered."""
+        await self.commit()
+        lost = self._tracker.revoke(partitions)
+        pending = sum(state.pending for state in lost.values())
+        log.info("partitions_revoked", partitions=_names(partitions), pending=pending)
+
+    async def commit(self) -> None:
+        """Commit every partition whose safe point moved; failures are retried next time."""
+        source = self._source
+        offsets = self._tracker.to_commit()
+        if source is None or not offsets:
+            return
+        try:
+            await source.commit(offsets)
+        except RetriableError as exc:
+            self._metrics.commit_failures.inc()
+            log.warning("commit_failed", error=str(exc))
+            return
+        self._tracker.mark_committed(offsets)
+        self._metrics.commits.inc()
+        log.debug("offsets_committed", offsets={f"{tp.topic}-{tp.partition}": o for tp, o in offsets.items()})
+
+    async def _admit(self, source: RequestSource) -> None:
+        room = min(self._pool.free_slots, self._settings.max_in_flight - self._tracker.pending)
+        if room <= 0:
+            # Paused partitions keep the consumer polling and in its group while we wait.
+            source.pause_all()
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), _IDLE_WAIT)
+            return
+        source.resume_all()
+        records = await source.fetch(max_records=room, timeout_ms=_FETCH_WAIT_MS)
+        if not records:
+            return
+        # Track the whole batch before any await: a rebalance during a submit below then
+        # finds these offsets in the generation they were fetched in.
+        admitted: list[tuple[Delivery, PartitionOffsets]] = []
+        for record in records:
+            try:
+                state = self._tracker.get(TopicPartition(record.topic, record.partition))
+            except KeyError:
+                continue  # revoked while the batch was in flight; the new owner reads it
+            state.track(record.offset)
+            admitted.append((Delivery(record), state))
+        self._metrics.consumed.inc(len(admitted))
+        for delivery, state in admitted:
+            if not state.revoked:
+                await self._pool.submit(self._job(delivery, state))
+
+    def _job(self, delivery: Delivery, state: PartitionOffsets) -> Job:
+        record = delivery.record
+
+        async def job() -> JobStatus:
+            self._progress.set()
+            with structlog.contextvars.bound_contextvars(
+                email_id=delivery.email_id,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                worker=CURRENT_WORKER.get(None),
+            ):
+                step = await self._step(delivery)
+            if isinstance(step, RetryIn):
+                self._delays.schedule(step.seconds, job)
+                return JobStatus.OK
+            state.finish(record.offset)
+            self._progress.set()
+            return JobStatus.OK if step.outcome is Outcome.SENT else JobStatus.FAILED
+
+        return job
+
+    async def _step(self, delivery: Delivery) -> Step:
+        try:
+            return await self._handler.process(delivery)
+        except Exception as exc:  # noqa: BLE001 - the task boundary: every request must end
+            return await self._handler.recover(delivery, exc)
+
+    async def _drain(self, source: RequestSource) -> None:
+        self._health.draining = True
+        source.pause_all()
+        pending = self._tracker.pending
+        log.info("draining", pending=pending, timeout=self._settings.shutdown_timeout)
+        now = time.monotonic()
+        deadline = now + self._settings.shutdown_timeout
+        next_commit = now + self._settings.commit_interval
+        while self._tracker.pending > 0 and (now := time.monotonic()) < deadline:
+            if now >= next_commit:
+                await self.commit()
+                next_commit = now + self._settings.commit_interval
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._progress.wait(), min(deadline, next_commit) - now
+                )
+        await self.commit()
+        left = self._tracker.pending
+        if left:
+            log.warning("drain_timed_out", unfinished=left)
+        else:
+            log.info("drained")
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
