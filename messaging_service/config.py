@@ -159,7 +159,7 @@ class EmailSettings(BaseSettings):
 class HttpSettings(BaseSettings):
     model_config = _section("HTTP_")
 
-    host: str = "0.0.0.0"  # noqa: S104 - the container's probes and Prometheus reach it
+    host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=0, lt=65536)
 
 

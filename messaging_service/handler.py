@@ -28,8 +28,8 @@ from .models import (
     DeadLetterSink,
     FailureReason,
     InboundRecord,
-    OutgoingEmail,
     Outcome,
+    OutgoingEmail,
     Sender,
     guess_request_id,
     parse_request,
@@ -198,7 +198,7 @@ class RequestHandler:
 
     async def _publish(self, delivery: Delivery) -> Step:
         letter = delivery.dead_letter
-        assert letter is not None  # noqa: S101 - callers set it; a bug otherwise
+        assert letter is not None
         try:
             await self._dead_letters.publish(letter)
         except DeadLetterUnavailableError as exc:

@@ -12,7 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from .health import Health
 
 
-def build_app(registry: CollectorRegistry, health: Health, *, live: Callable[[], bool]) -> web.Application:
+def build_app(
+    registry: CollectorRegistry, health: Health, *, live: Callable[[], bool]
+) -> web.Application:
     """``live`` answers whether the process can still make progress (for /healthz)."""
 
     async def metrics(_: web.Request) -> web.Response:

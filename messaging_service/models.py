@@ -49,7 +49,7 @@ def _address(value: Any) -> Address:
     if isinstance(value, Address):
         return value
     if not isinstance(value, str):
-        raise ValueError("an address must be a string")  # noqa: TRY004 - pydantic wants ValueError
+        raise ValueError("an address must be a string")
     return parse_address(value)
 
 

@@ -16,13 +16,13 @@ from typing import Protocol
 
 import structlog
 
+from .errors import RetriableError
 from .handler import Delivery, RequestHandler, RetryIn, Step
 from .health import Health
 from .metrics import Metrics
 from .models import InboundRecord, Outcome
 from .offsets import OffsetTracker, PartitionOffsets, TopicPartition
 from .pool import CURRENT_WORKER, Job, JobStatus, WorkerPool
-from .errors import RetriableError
 from .retry import Backoff
 from .scheduler import DelayQueue
 
@@ -120,7 +120,10 @@ class Pipeline:
             return
         self._tracker.mark_committed(offsets)
         self._metrics.commits.inc()
-        log.debug("offsets_committed", offsets={f"{tp.topic}-{tp.partition}": o for tp, o in offsets.items()})
+        log.debug(
+            "offsets_committed",
+            offsets={f"{tp.topic}-{tp.partition}": o for tp, o in offsets.items()},
+        )
 
     async def _admit(self, source: RequestSource) -> None:
         room = min(self._pool.free_slots, self._settings.max_in_flight - self._tracker.pending)
@@ -175,7 +178,7 @@ class Pipeline:
     async def _step(self, delivery: Delivery) -> Step:
         try:
             return await self._handler.process(delivery)
-        except Exception as exc:  # noqa: BLE001 - the task boundary: every request must end
+        except Exception as exc:
             return await self._handler.recover(delivery, exc)
 
     async def _drain(self, source: RequestSource) -> None:
@@ -192,9 +195,7 @@ class Pipeline:
                 next_commit = now + self._settings.commit_interval
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._progress.wait(), min(deadline, next_commit) - now
-                )
+                await asyncio.wait_for(self._progress.wait(), min(deadline, next_commit) - now)
         await self.commit()
         left = self._tracker.pending
         if left:

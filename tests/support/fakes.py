@@ -1,0 +1,101 @@
+"""In-memory stand-ins for the Protocols, for handler and pipeline tests (never integration)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+
+from messaging_service.errors import DeadLetterUnavailableError
+from messaging_service.models import DeadLetter, InboundRecord, OutgoingEmail, SendReport
+from messaging_service.offsets import TopicPartition
+
+Script = SendReport | Exception
+
+
+class FakeSender:
+    """Answers each send with the next scripted result (default: accepted)."""
+
+    def __init__(self, *script: Script) -> None:
+        self.script: deque[Script] = deque(script)
+        self.sent: list[OutgoingEmail] = []
+        self.attempts = 0
+
+    async def send(self, email: OutgoingEmail) -> SendReport:
+        self.attempts += 1
+        result = self.script.popleft() if self.script else SendReport()
+        if isinstance(result, Exception):
+            raise result
+        self.sent.append(email)
+        return result
+
+
+class FakeDeadLetters:
+    """Records dead letters; fails the first ``failures`` publishes as the broker would."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.published: list[DeadLetter] = []
+
+    async def publish(self, letter: DeadLetter) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise DeadLetterUnavailableError("broker unavailable")
+        self.published.append(letter)
+
+
+class FakeSource:
+    """A RequestSource over an in-memory list of records on one or more partitions."""
+
+    def __init__(self, records: list[InboundRecord]) -> None:
+        self.pending: deque[InboundRecord] = deque(records)
+        self.paused = False
+        self.pause_calls = 0
+        self.was_paused = asyncio.Event()
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.committed: dict[TopicPartition, int] = {}
+        self.exhausted = asyncio.Event()
+
+    async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
+        if self.paused or not self.pending:
+            if not self.pending:
+                self.exhausted.set()
+            await asyncio.sleep(0)
+            return []
+        count = min(max_records, len(self.pending))
+        return [self.pending.popleft() for _ in range(count)]
+
+    def pause_all(self) -> None:
+        if not self.paused:
+            self.pause_calls += 1
+            self.was_paused.set()
+        self.paused = True
+
+    def resume_all(self) -> None:
+        self.paused = False
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+        for tp, offset in offsets.items():
+            previous = self.committed.get(tp, -1)
+            assert offset >= previous, f"commit went backwards on {tp}: {previous} -> {offset}"
+            self.committed[tp] = offset
+
+
+def record(
+    value: bytes | None,
+    *,
+    offset: int = 0,
+    partition: int = 0,
+    topic: str = "email.requests",
+    timestamp_ms: int | None = 1_700_000_000_000,
+) -> InboundRecord:
+    return InboundRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+        key=b"k",
+        value=value,
+        headers=(("trace", b"abc"),),
+    )

@@ -1,0 +1,216 @@
+"""The admission loop with fakes: commits never pass unfinished work, backpressure, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from messaging_service.errors import SmtpTransientError
+from messaging_service.handler import RequestHandler
+from messaging_service.health import Health
+from messaging_service.metrics import Metrics
+from messaging_service.mime import MessageBuilder
+from messaging_service.models import InboundRecord, OutgoingEmail, SendReport
+from messaging_service.offsets import OffsetTracker, TopicPartition
+from messaging_service.pipeline import Pipeline, PipelineSettings
+from messaging_service.pool import WorkerPool
+from messaging_service.retry import RetryPolicy
+from messaging_service.scheduler import DelayQueue
+from messaging_service.templates import TemplateRenderer
+from support.fakes import FakeDeadLetters, FakeSource, record
+
+TP = TopicPartition("email.requests", 0)
+
+
+def request(offset: int) -> InboundRecord:
+    payload = {"id": f"r-{offset}", "to": "a@example.com", "subject": "s", "text": "t"}
+    return record(json.dumps(payload).encode(), offset=offset)
+
+
+def email_id(email: OutgoingEmail) -> str:
+    for line in email.message.split(b"\r\n"):
+        if line.startswith(b"X-Email-Id: "):
+            return line.removeprefix(b"X-Email-Id: ").decode()
+    raise AssertionError("no X-Email-Id header")
+
+
+class ScriptedSender:
+    """Sends succeed unless gated (held until released) or scripted to fail once."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.fail_once: set[str] = set()
+        self.sent: list[str] = []
+        self.running = 0
+        self.peak = 0
+        self.sent_event = asyncio.Event()
+
+    def gate(self, id_: str) -> asyncio.Event:
+        self.gates[id_] = asyncio.Event()
+        return self.gates[id_]
+
+    async def send(self, email: OutgoingEmail) -> SendReport:
+        id_ = email_id(email)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            if id_ in self.gates:
+                await self.gates[id_].wait()
+            else:
+                await asyncio.sleep(0)
+            if id_ in self.fail_once:
+                self.fail_once.discard(id_)
+                raise SmtpTransientError("451 try later", code=451)
+        finally:
+            self.running -= 1
+        self.sent.append(id_)
+        self.sent_event.set()
+        return SendReport()
+
+    async def wait_sent(self, predicate: Callable[[list[str]], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not predicate(self.sent):
+                self.sent_event.clear()
+                await self.sent_event.wait()
+
+
+@dataclass
+class Running:
+    pipeline: Pipeline
+    tracker: OffsetTracker
+    source: FakeSource
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@asynccontextmanager
+async def running(
+    sender: ScriptedSender,
+    records: list[InboundRecord],
+    *,
+    workers: int = 4,
+    buffer: int = 8,
+    max_in_flight: int = 100,
+    retry_delay: float = 30.0,
+    shutdown_timeout: float = 10.0,
+) -> AsyncIterator[Running]:
+    source = FakeSource(records)
+    tracker = OffsetTracker()
+    health = Health()
+    metrics = Metrics(CollectorRegistry())
+    async with (
+        WorkerPool(size=workers, capacity=buffer) as pool,
+        DelayQueue(pool.submit) as delays,
+    ):
+        handler = RequestHandler(
+            renderer=TemplateRenderer(),
+            builder=MessageBuilder("shop@example.com"),
+            sender=sender,
+            dead_letters=FakeDeadLetters(),
+            policy=RetryPolicy(max_retries=3, delays=(retry_delay,)),
+            metrics=metrics,
+            health=health,
+        )
+        pipeline = Pipeline(
+            handler=handler,
+            pool=pool,
+            delays=delays,
+            tracker=tracker,
+            metrics=metrics,
+            health=health,
+            settings=PipelineSettings(
+                max_in_flight=max_in_flight,
+                commit_interval=0.01,
+                shutdown_timeout=shutdown_timeout,
+            ),
+        )
+        await pipeline.on_assigned([TP])
+        stop = asyncio.Event()
+        task = asyncio.create_task(pipeline.run(source, stop))
+        try:
+            yield Running(pipeline, tracker, source, stop, task)
+        finally:
+            stop.set()
+            await task
+
+
+async def test_every_request_is_sent_and_committed() -> None:
+    sender = ScriptedSender()
+    async with running(sender, [request(i) for i in range(50)]) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 50)
+        await run.pipeline.commit()
+        assert run.source.committed[TP] == 50
+    assert sorted(sender.sent) == sorted(f"r-{i}" for i in range(50))
+
+
+async def test_commit_never_passes_an_unfinished_request() -> None:
+    sender = ScriptedSender()
+    release = sender.gate("r-3")
+    async with running(sender, [request(i) for i in range(20)]) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 19)
+        await run.pipeline.commit()
+        assert run.source.committed[TP] == 3
+        assert run.tracker.pending == 1
+        release.set()
+        await sender.wait_sent(lambda sent: len(sent) == 20)
+        await run.pipeline.commit()
+        assert run.source.committed[TP] == 20
+    # FakeSource.commit also fails the test if a commit ever goes backwards.
+
+
+async def test_a_request_waiting_for_its_retry_holds_no_worker() -> None:
+    sender = ScriptedSender()
+    sender.fail_once.add("r-0")
+    async with running(sender, [request(i) for i in range(30)], workers=1, retry_delay=3600) as run:
+        # One worker: the others can only be sent if r-0's hour-long wait does not hold it.
+        await sender.wait_sent(lambda sent: len(sent) == 29)
+        assert "r-0" not in sender.sent
+        await run.pipeline.commit()
+        assert run.source.committed.get(TP, 0) == 0
+        assert run.tracker.pending == 1
+
+
+async def test_backpressure_pauses_the_source_and_bounds_in_flight_requests() -> None:
+    sender = ScriptedSender()
+    releases = [sender.gate(f"r-{i}") for i in range(40)]
+    async with running(
+        sender, [request(i) for i in range(40)], workers=2, buffer=2, max_in_flight=6
+    ) as run:
+        async with asyncio.timeout(10):
+            await run.source.was_paused.wait()
+        assert run.tracker.pending <= 6
+        assert sender.peak <= 2
+        for release in releases:
+            release.set()
+        await sender.wait_sent(lambda sent: len(sent) == 40)
+    assert sender.peak == 2
+
+
+async def test_stop_drains_in_flight_requests_then_commits() -> None:
+    sender = ScriptedSender()
+    release = sender.gate("r-5")
+    async with running(sender, [request(i) for i in range(10)]) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 9)
+        run.stop.set()
+        await asyncio.sleep(0.05)
+        assert not run.task.done(), "stop must wait for the in-flight request"
+        release.set()
+        async with asyncio.timeout(10):
+            await run.task
+        assert run.source.committed[TP] == 10
+
+
+async def test_drain_gives_up_after_the_timeout_without_committing_past_unfinished() -> None:
+    sender = ScriptedSender()
+    sender.gate("r-2")  # never released
+    async with running(sender, [request(i) for i in range(6)], shutdown_timeout=0.2) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 5)
+        run.stop.set()
+        async with asyncio.timeout(10):
+            await run.task
+        assert run.source.committed[TP] == 2
