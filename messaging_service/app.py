@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -132,7 +133,7 @@ def _log_panic(error: BaseException) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _background(work: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+async def _background(work: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
     """Run ``work`` as a task owned by the enclosing block: cancelled and awaited on exit."""
     task = asyncio.create_task(work())
     try:

@@ -49,7 +49,7 @@ class HttpServer:
     """Serves an aiohttp application; ``port`` is the bound port (useful with port 0)."""
 
     def __init__(self, app: web.Application, *, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         self._host = host
         self._requested_port = port
         self.port = port
@@ -57,7 +57,7 @@ class HttpServer:
 
     async def __aenter__(self) -> HttpServer:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._requested_port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self._host, self._requested_port)
         await site.start()
         self._started = True
         self.port = int(self._runner.addresses[0][1])

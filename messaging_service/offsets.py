@@ -1,0 +1,216 @@
+"""Per-partition bookkeeping of finished offsets, and which offsets are safe to commit."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+
+class TopicPartition(NamedTuple):
+    """A topic and partition; the same shape as aiokafka's ``TopicPartition``."""
+
+    topic: str
+    partition: int
+
+
+class PartitionOffsets:
+    """One assignment generation of one partition.
+
+    Jobs hold a reference to it, so after a revoke and reassign a late finish from the old
+    generation cannot touch the new one.
+
+    The commit point never passes an unfinished tracked offset, whatever order finishes
+    arrive in. Tracked offsets from the commit point on sit in a deque; finishing one that
+    reaches the head pops every finished offset there, so advancing is amortised O(1).
+    """
+
+    __slots__ = (
+        "_committed",
+        "_finished",
+        "_first",
+        "_last",
+        "_passed",
+        "_unfinished",
+        "_window",
+        "revoked",
+        "tp",
+    )
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        # Set by OffsetTracker.revoke(): this generation is no longer ours to commit.
+        self.revoked = False
+        self._window: deque[int] = deque()  # tracked offsets from the commit point on
+        self._unfinished: set[int] = set()
+        self._finished: set[int] = set()  # finished, still in the window
+        # Finished offsets behind the commit point, at or past the last committed offset;
+        # emptied from the left as commits land, so it stays as long as one commit interval.
+        self._passed: deque[int] = deque()
+        self._first: int | None = None
+        self._last: int | None = None
+        self._committed: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PartitionOffsets({self.tp.topic}-{self.tp.partition}, "
+            f"commit_point={self.commit_point()}, committed={self._committed}, "
+            f"pending={self.pending}, revoked={self.revoked})"
+        )
+
+    def track(self, offset: int) -> None:
+        """Record a consumed offset; offsets must strictly increase, gaps are fine."""
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, not {offset}")
+        if self._last is not None and offset <= self._last:
+            raise ValueError(f"offset {offset} tracked after {self._last}; offsets must increase")
+        if self._first is None:
+            self._first = offset
+        self._last = offset
+        self._window.append(offset)
+        self._unfinished.add(offset)
+
+    def finish(self, offset: int) -> None:
+        """Record that ``offset``'s work is final. Idempotent.
+
+        Raises KeyError for an offset that was never tracked. Below the commit point a gap
+        cannot be told from an offset finished before, so finishing there is a no-op.
+        """
+        if offset in self._unfinished:
+            self._unfinished.remove(offset)
+            self._finished.add(offset)
+            self._advance()
+            return
+        if offset in self._finished:
+            return
+        point = self.commit_point()
+        if self._first is not None and point is not None and self._first <= offset < point:
+            return
+        raise KeyError(offset)
+
+    def commit_point(self) -> int | None:
+        """The offset to commit: the first unfinished tracked offset, or the last tracked + 1.
+
+        None while nothing has been tracked.
+        """
+        if self._window:
+            return self._window[0]
+        return None if self._last is None else self._last + 1
+
+    def to_commit(self) -> int | None:
+        """The commit point if it moved past the last committed offset, else None."""
+        point = self.commit_point()
+        if point is None or (self._committed is not None and point <= self._committed):
+            return None
+        return point
+
+    def mark_committed(self, offset: int) -> None:
+        """Record that ``offset`` is committed; an offset below an earlier mark is ignored.
+
+        Any offset is accepted (a commit made for an earlier generation of the partition may
+        land after a reassign); it only decides what to_commit() and the counts report.
+        """
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, not {offset}")
+        if self._committed is not None and offset <= self._committed:
+            return
+        self._committed = offset
+        passed = self._passed
+        while passed and passed[0] < offset:
+            passed.popleft()
+
+    @property
+    def committed(self) -> int | None:
+        """The last offset marked committed, or None."""
+        return self._committed
+
+    @property
+    def pending(self) -> int:
+        """Tracked offsets not finished yet."""
+        return len(self._unfinished)
+
+    @property
+    def finished_uncommitted(self) -> int:
+        """Finished offsets at or past the last committed offset."""
+        committed = self._committed
+        point = self.commit_point()
+        if committed is None or point is None or committed <= point:
+            return len(self._passed) + len(self._finished)
+        # Only after a mark past the commit point (see mark_committed): rare, so O(n) is fine.
+        return sum(1 for offset in self._finished if offset >= committed)
+
+    def _advance(self) -> None:
+        window = self._window
+        finished = self._finished
+        committed = self._committed
+        while window and window[0] in finished:
+            offset = window.popleft()
+            finished.remove(offset)
+            if committed is None or offset >= committed:
+                self._passed.append(offset)
+
+
+class OffsetTracker:
+    """The current generation of every assigned partition."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+
+    def assign(self, tps: Iterable[TopicPartition]) -> None:
+        """Start a new generation for each partition.
+
+        A partition that is already assigned gets a fresh generation too; the old one is
+        marked revoked, as if revoke() had been called first.
+        """
+        for tp in tps:
+            old = self._partitions.get(tp)
+            if old is not None:
+                old.revoked = True
+            self._partitions[tp] = PartitionOffsets(tp)
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, PartitionOffsets]:
+        """Remove the partitions and return their generations, marked revoked.
+
+        Partitions that are not assigned are skipped.
+        """
+        lost: dict[TopicPartition, PartitionOffsets] = {}
+        for tp in tps:
+            state = self._partitions.pop(tp, None)
+            if state is not None:
+                state.revoked = True
+                lost[tp] = state
+        return lost
+
+    def get(self, tp: TopicPartition) -> PartitionOffsets:
+        """The current generation of ``tp``; KeyError when it is not assigned."""
+        return self._partitions[tp]
+
+    def to_commit(self) -> dict[TopicPartition, int]:
+        """The commit point of each partition whose commit point moved since its last commit."""
+        offsets: dict[TopicPartition, int] = {}
+        for tp, state in self._partitions.items():
+            offset = state.to_commit()
+            if offset is not None:
+                offsets[tp] = offset
+        return offsets
+
+    def mark_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record committed offsets; partitions no longer assigned are ignored."""
+        for tp, offset in offsets.items():
+            state = self._partitions.get(tp)
+            if state is not None:
+                state.mark_committed(offset)
+
+    @property
+    def pending(self) -> int:
+        """Tracked offsets not finished yet, over every assigned partition."""
+        return sum(state.pending for state in self._partitions.values())
+
+    @property
+    def finished_uncommitted(self) -> int:
+        """Finished offsets not committed yet, over every assigned partition."""
+        return sum(state.finished_uncommitted for state in self._partitions.values())
+
+    def partitions(self) -> list[TopicPartition]:
+        """The assigned partitions, in the order they were assigned."""
+        return list(self._partitions)

@@ -1,0 +1,186 @@
+"""Loading the email templates once at start-up, and rendering a request with them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from jinja2 import DictLoader, StrictUndefined, Template, TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import TemplateError
+from .models import EmailRequest, RenderedEmail
+
+BUILTIN_DIR = Path(__file__).parent / "templates"
+
+# Longest suffix first: "x.subject.txt" also ends with ".txt".
+_SUFFIXES = ((".subject.txt", "subject"), (".txt", "text"), (".html", "html"))
+# The same rule as EmailRequest.template, so every loaded template can be asked for.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,99}")
+# A price with more digits than this is shown as given, so a hostile string such as "1e999999"
+# can never make the formatter build a huge number.
+_MAX_PRICE_DIGITS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    subject: Template
+    text: Template | None
+    html: Template | None
+
+
+class TemplateRenderer:
+    """Compiles the built-in templates (and those of ``extra_dir``) once; renders requests.
+
+    Layout per template NAME: ``NAME.subject.txt`` and ``NAME.txt`` and/or ``NAME.html``.
+    A template in ``extra_dir`` replaces the built-in one of the same name as a whole (all its
+    parts), so an override never mixes new and old bodies. Files whose name starts with ``_``
+    are partials: compiled and checked too, usable with ``{% include %}``/``{% extends %}``,
+    but never sent on their own; an extra partial replaces a built-in one of the same file name.
+    """
+
+    def __init__(self, extra_dir: Path | None = None) -> None:
+        sources = _read_dir(BUILTIN_DIR)
+        if extra_dir is not None:
+            extra = _read_dir(extra_dir)
+            replaced = {_split(name)[0] for name in extra}
+            sources = {n: s for n, s in sources.items() if _split(n)[0] not in replaced}
+            sources.update(extra)
+        self._env = ImmutableSandboxedEnvironment(
+            loader=DictLoader({name: source for name, (source, _) in sources.items()}),
+            undefined=StrictUndefined,
+            autoescape=_is_html,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            # Everything is compiled below; includes are then served from this cache without
+            # ever checking the loader again, so the hot path never parses.
+            auto_reload=False,
+            cache_size=-1,
+        )
+        self._env.filters["money"] = money
+        compiled = {name: self._compile(name, origin) for name, (_, origin) in sources.items()}
+        self._templates = _assemble(compiled)
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._templates)
+
+    def render(self, request: EmailRequest) -> RenderedEmail:
+        """Subject and bodies for ``request``; raise TemplateError saying what went wrong."""
+        if request.template is None:
+            assert request.subject is not None  # EmailRequest guarantees it without a template
+            return RenderedEmail(subject=request.subject, text=request.text, html=request.html)
+        template = self._templates.get(request.template)
+        if template is None:
+            raise TemplateError(f"unknown template {request.template!r}")
+        data = request.data
+        if request.subject is not None:
+            subject = request.subject
+        else:
+            subject = _render(request.template, "subject", template.subject, data).strip()
+            if "\r" in subject or "\n" in subject:
+                raise TemplateError(
+                    f"template {request.template!r}: the subject contains a line break"
+                )
+        text = (
+            None
+            if template.text is None
+            else _render(request.template, "text", template.text, data)
+        )
+        html = (
+            None
+            if template.html is None
+            else _render(request.template, "html", template.html, data)
+        )
+        return RenderedEmail(subject=subject, text=text, html=html)
+
+    def _compile(self, file_name: str, origin: str) -> Template:
+        try:
+            return self._env.get_template(file_name)
+        except TemplateSyntaxError as exc:
+            raise TemplateError(f"{origin}: line {exc.lineno}: {exc.message}") from exc
+
+
+def money(value: Any) -> str:
+    """A price with two decimals and thousands separators; anything else is shown as given."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        return str(value)
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        return str(value)
+    if not amount.is_finite() or amount.adjusted() > _MAX_PRICE_DIGITS:
+        return str(value)
+    return f"{amount:,.2f}"
+
+
+def _render(name: str, part: str, template: Template, data: dict[str, Any]) -> str:
+    try:
+        return template.render(data)
+    # Templates run on request data we do not control: besides jinja's own errors (undefined
+    # variable, sandbox violation) any exception a filter or operator raises on odd values
+    # (TypeError, ValueError, ZeroDivisionError, ...) is a fault of this request, so every one
+    # of them becomes the permanent TemplateError rather than a crash of the worker.
+    except Exception as exc:
+        raise TemplateError(f"template {name!r} ({part}): {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception, limit: int = 200) -> str:
+    text = str(exc) or type(exc).__name__
+    text = text if type(exc).__module__.startswith("jinja2") else f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_html(file_name: str | None) -> bool:
+    return file_name is not None and file_name.endswith(".html")
+
+
+def _split(file_name: str) -> tuple[str, str]:
+    """(template name, part) of a file name; the caller has checked the suffix."""
+    for suffix, part in _SUFFIXES:
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)], part
+    raise AssertionError(file_name)
+
+
+def _read_dir(directory: Path) -> dict[str, tuple[str, str]]:
+    """File name -> (source, where it came from, for messages) of every template file."""
+    sources: dict[str, tuple[str, str]] = {}
+    try:
+        paths = sorted(directory.iterdir())
+    except OSError as exc:
+        raise TemplateError(f"cannot list templates in {directory}: {exc}") from exc
+    for path in paths:
+        if not path.name.endswith((".txt", ".html")) or not path.is_file():
+            continue
+        name, _ = _split(path.name)
+        if not name.startswith("_") and not _NAME.fullmatch(name):
+            raise TemplateError(
+                f"{path}: {name!r} is not a valid template name (lowercase letters, digits, "
+                "'_' and '-'; start partials with '_')"
+            )
+        try:
+            sources[path.name] = (path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateError(f"cannot read template {path}: {exc}") from exc
+    return sources
+
+
+def _assemble(compiled: dict[str, Template]) -> dict[str, _Compiled]:
+    parts: dict[str, dict[str, Template]] = {}
+    for file_name, template in compiled.items():
+        name, part = _split(file_name)
+        if not name.startswith("_"):
+            parts.setdefault(name, {})[part] = template
+    templates: dict[str, _Compiled] = {}
+    for name, found in parts.items():
+        if "subject" not in found:
+            raise TemplateError(f"template {name!r} has no {name}.subject.txt")
+        if "text" not in found and "html" not in found:
+            raise TemplateError(f"template {name!r} has neither {name}.txt nor {name}.html")
+        templates[name] = _Compiled(found["subject"], found.get("text"), found.get("html"))
+    return templates

@@ -1,0 +1,57 @@
+"""Integration fixtures: one Kafka-protocol broker per session, fresh topics per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from support.kafka import (
+    KAFKA_TIMEOUTS,
+    Broker,
+    EmbeddedBroker,
+    Topics,
+    create_topic,
+    select_broker,
+    unique,
+)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else an embedded Tansu shared by the whole session.
+
+    A sync fixture, so it works with any event-loop scope.
+    """
+    selected = select_broker(log_dir=tmp_path_factory.mktemp("tansu"))
+    if not isinstance(selected, EmbeddedBroker):
+        yield selected
+        return
+    with selected:
+        yield selected
+
+
+@pytest.fixture
+def embedded_broker(broker: Broker) -> EmbeddedBroker:
+    """The session's embedded broker, for tests that restart it; skips on an external broker.
+
+    A restart wipes every topic (memory storage); tests that restart it must not share topics
+    with others, and must create their own again afterwards.
+    """
+    if not isinstance(broker, EmbeddedBroker):
+        pytest.skip("needs the embedded broker: an external one cannot be restarted")
+    return broker
+
+
+@pytest.fixture
+def kafka_timeouts() -> dict[str, int]:
+    """Group timeouts for KafkaSettings/AIOKafkaConsumer that make rebalances take seconds."""
+    return dict(KAFKA_TIMEOUTS)
+
+
+@pytest.fixture
+async def topics(broker: Broker) -> Topics:
+    names = Topics(requests=unique("requests"), dlq=unique("dlq"), group=unique("group"))
+    await create_topic(broker.bootstrap, names.requests, partitions=3)
+    await create_topic(broker.bootstrap, names.dlq, partitions=1)
+    return names
