@@ -41,8 +41,7 @@ def build(req: EmailRequest, builder: MessageBuilder = BUILDER) -> OutgoingEmail
 
 
 def parse(email: OutgoingEmail) -> EmailMessage:
-    message = BytesParser(policy=policy.default).parsebytes(email.message)
-    return cast(EmailMessage, message)
+    return BytesParser(policy=policy.default).parsebytes(email.message)
 
 
 def head(email: OutgoingEmail) -> bytes:
