@@ -11,6 +11,7 @@ import structlog
 
 from .app import run_service
 from .config import ConfigError, Settings, load_settings
+from .errors import ServiceError
 from .logging import configure_logging
 
 
@@ -29,7 +30,13 @@ def run() -> None:
     """Run the service until SIGTERM or SIGINT, then drain in-flight requests and exit 0."""
     settings = _settings_or_exit()
     configure_logging(settings.log)
-    asyncio.run(_run(settings))
+    try:
+        asyncio.run(_run(settings))
+    except ServiceError as exc:
+        # A dependency that cannot be reached at start, or templates that do not compile:
+        # exit non-zero with one clear line, and let the supervisor restart us.
+        structlog.get_logger(__name__).error("service_failed", error=str(exc))
+        sys.exit(1)
 
 
 async def _run(settings: Settings) -> None:

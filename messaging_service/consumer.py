@@ -61,7 +61,9 @@ class KafkaRequestConsumer:
             await self._consumer.start()
         except KafkaError as exc:
             await self._consumer.stop()
-            raise ConsumerError(f"cannot connect to Kafka: {exc}") from exc
+            raise ConsumerError(
+                f"cannot connect to Kafka at {self._settings.bootstrap_servers}: {exc}"
+            ) from exc
         self._started = True
         return self
 

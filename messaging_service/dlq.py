@@ -75,7 +75,13 @@ class KafkaDeadLetterSink:
         self._started = False
 
     async def __aenter__(self) -> KafkaDeadLetterSink:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise DeadLetterUnavailableError(
+                f"cannot connect to Kafka at {self._settings.bootstrap_servers}: {exc}"
+            ) from exc
         self._started = True
         return self
 

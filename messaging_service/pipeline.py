@@ -101,6 +101,8 @@ class Pipeline:
 
     async def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Commit what is finished on the partitions we lose; their pending work is redelivered."""
+        if not partitions:
+            return  # aiokafka reports an empty revocation before the first assignment
         await self.commit()
         lost = self._tracker.revoke(partitions)
         pending = sum(state.pending for state in lost.values())
