@@ -129,17 +129,22 @@ class Pipeline:
 
     async def _admit(self, source: RequestSource) -> None:
         room = min(self._pool.free_slots, self._settings.max_in_flight - self._tracker.pending)
-        if room <= 0:
-            # Paused partitions keep the consumer polling and in its group while we wait.
+        if room > 0:
+            source.resume_all()
+            records = await source.fetch(max_records=room, timeout_ms=_FETCH_WAIT_MS)
+        else:
+            # Full: pause every partition and wait for a worker to make progress, then poll
+            # anyway. A poll of paused partitions returns nothing, but without polls aiokafka
+            # would leave the group once max_poll_interval_ms passed.
             source.pause_all()
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), _IDLE_WAIT)
-            return
-        source.resume_all()
-        records = await source.fetch(max_records=room, timeout_ms=_FETCH_WAIT_MS)
-        if not records:
-            return
+            records = await source.fetch(max_records=1, timeout_ms=0)
+        if records:
+            await self._submit(records)
+
+    async def _submit(self, records: list[InboundRecord]) -> None:
         # Track the whole batch before any await: a rebalance during a submit below then
         # finds these offsets in the generation they were fetched in.
         admitted: list[tuple[Delivery, PartitionOffsets]] = []
@@ -160,6 +165,10 @@ class Pipeline:
 
         async def job() -> JobStatus:
             self._progress.set()
+            if state.revoked:
+                # The partition has a new owner, which reads this record again from the last
+                # commit: sending it here too would only add a duplicate.
+                return JobStatus.OK
             with structlog.contextvars.bound_contextvars(
                 email_id=delivery.email_id,
                 topic=record.topic,
@@ -180,7 +189,7 @@ class Pipeline:
     async def _step(self, delivery: Delivery) -> Step:
         try:
             return await self._handler.process(delivery)
-        except Exception as exc:
+        except Exception as exc:  # the task boundary: every request must reach an outcome
             return await self._handler.recover(delivery, exc)
 
     async def _drain(self, source: RequestSource) -> None:

@@ -82,6 +82,7 @@ class ScriptedSender:
 @dataclass
 class Running:
     pipeline: Pipeline
+    pool: WorkerPool
     tracker: OffsetTracker
     source: FakeSource
     stop: asyncio.Event
@@ -133,7 +134,7 @@ async def running(
         stop = asyncio.Event()
         task = asyncio.create_task(pipeline.run(source, stop))
         try:
-            yield Running(pipeline, tracker, source, stop, task)
+            yield Running(pipeline, pool, tracker, source, stop, task)
         finally:
             stop.set()
             await task
@@ -214,3 +215,22 @@ async def test_drain_gives_up_after_the_timeout_without_committing_past_unfinish
         async with asyncio.timeout(10):
             await run.task
         assert run.source.committed[TP] == 2
+
+
+async def test_a_request_of_a_revoked_partition_is_not_retried_here() -> None:
+    """After revocation the new owner reads the request again; retrying it here would duplicate."""
+    sender = ScriptedSender()
+    sender.fail_once.add("r-0")
+    async with running(sender, [request(i) for i in range(5)], retry_delay=0.05) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 4)
+        await run.pipeline.on_revoked([TP])
+        # Five first attempts, then the retry of r-0 once its delay is over.
+        await wait_until(lambda: run.pool.stats().completed == 6)
+    assert "r-0" not in sender.sent
+    assert run.source.committed.get(TP, 0) == 0
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 - the pool offers no event for its counters
+            await asyncio.sleep(0.01)
