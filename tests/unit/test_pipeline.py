@@ -167,7 +167,9 @@ async def test_commit_never_passes_an_unfinished_request() -> None:
 async def test_a_request_waiting_for_its_retry_holds_no_worker() -> None:
     sender = ScriptedSender()
     sender.fail_once.add("r-0")
-    async with running(sender, [request(i) for i in range(30)], workers=1, retry_delay=3600) as run:
+    async with running(
+        sender, [request(i) for i in range(30)], workers=1, retry_delay=3600, shutdown_timeout=0.1
+    ) as run:
         # One worker: the others can only be sent if r-0's hour-long wait does not hold it.
         await sender.wait_sent(lambda sent: len(sent) == 29)
         assert "r-0" not in sender.sent
