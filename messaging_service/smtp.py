@@ -183,7 +183,11 @@ class SmtpSender:
                 await client.login(settings.username, password)
         except (aiosmtplib.SMTPException, *_TRANSPORT_ERRORS) as exc:
             client.close()
-            raise _translate(exc) from exc
+            # A refused session (5xx greeting, failed AUTH, no STARTTLS) says nothing about
+            # the message: it is the relay or our settings. Treated as transient, it is
+            # retried instead of dead-lettering every message at once as smtp_rejected.
+            error = _translate(exc)
+            raise SmtpTransientError(f"SMTP session refused: {error}", code=error.code) from exc
         except BaseException:
             client.close()
             raise

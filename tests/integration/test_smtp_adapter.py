@@ -351,11 +351,12 @@ async def test_login_with_the_right_password_sends() -> None:
 
 
 @plain_auth
-async def test_wrong_password_is_rejected_535_and_never_shown() -> None:
+async def test_wrong_password_is_transient_535_and_never_shown() -> None:
+    """A refused session is about the relay or our settings, never about the message."""
     async with SmtpTestServer(credentials=("svc", "another password")) as relay:
         settings = smtp_settings(relay, username="svc", password=PASSWORD)
         async with SmtpSender(settings, max_connections=1) as smtp:
-            with pytest.raises(SmtpRejectedError) as caught:
+            with pytest.raises(SmtpTransientError) as caught:
                 await smtp.send(make_email())
             shown = f"{caught.value} {caught.value!r} {caught.value.__cause__!r} {smtp!r}"
 
