@@ -127,6 +127,7 @@ class RequestHandler:
             request = parse_request(value)
         except InvalidPayloadError:
             delivery.email_id = guess_request_id(value)
+            structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
             raise
         delivery.email_id = request.id
         structlog.contextvars.bind_contextvars(email_id=request.id)

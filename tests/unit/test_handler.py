@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
@@ -156,7 +157,9 @@ async def test_bad_requests_are_dead_lettered_without_sending(
 async def test_invalid_payload_keeps_a_readable_id_for_the_logs() -> None:
     harness = Harness(FakeSender())
     delivery = Delivery(record(welcome(to=42)))
-    await harness.run_to_end(delivery)
+    with structlog.contextvars.bound_contextvars(email_id=None):
+        await harness.run_to_end(delivery)
+        assert structlog.contextvars.get_contextvars()["email_id"] == "w-1"
     assert harness.dead_letters.published[0].email_id == "w-1"
 
 
