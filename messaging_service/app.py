@@ -97,6 +97,7 @@ async def run_service(
                 max_in_flight=email.max_in_flight,
                 commit_interval=settings.kafka.commit_interval_ms / 1000,
                 shutdown_timeout=settings.runtime.shutdown_timeout,
+                refill=max(1, email.worker_buffer // 2),
             ),
         )
         metrics.watch(

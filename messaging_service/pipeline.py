@@ -47,6 +47,8 @@ class PipelineSettings:
     max_in_flight: int
     commit_interval: float
     shutdown_timeout: float
+    refill: int = 1
+    """Once paused for lack of room, how much room must free up before fetching again."""
 
 
 class Pipeline:
@@ -71,6 +73,7 @@ class Pipeline:
         self._health = health
         self._settings = settings
         self._source: RequestSource | None = None
+        self._paused = False
         # Set whenever a job starts or finishes: room may have appeared, or a drain may be done.
         self._progress = asyncio.Event()
         self._fetch_backoff = Backoff(initial=0.2, ceiling=5.0)
@@ -129,14 +132,20 @@ class Pipeline:
 
     async def _admit(self, source: RequestSource) -> None:
         room = min(self._pool.free_slots, self._settings.max_in_flight - self._tracker.pending)
-        if room > 0:
-            source.resume_all()
+        # Hysteresis: once full, wait until a real batch fits before fetching again, rather
+        # than pausing and resuming every partition for each request a worker picks up.
+        threshold = 1 if not self._paused else self._settings.refill
+        if room >= threshold:
+            if self._paused:
+                source.resume_all()
+                self._paused = False
             records = await source.fetch(max_records=room, timeout_ms=_FETCH_WAIT_MS)
         else:
-            # Full: pause every partition and wait for a worker to make progress, then poll
+            # Full: pause every partition and wait for workers to make progress, then poll
             # anyway. A poll of paused partitions returns nothing, but without polls aiokafka
             # would leave the group once max_poll_interval_ms passed.
             source.pause_all()
+            self._paused = True
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), _IDLE_WAIT)

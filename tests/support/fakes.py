@@ -52,11 +52,13 @@ class FakeSource:
         self.paused = False
         self.pause_calls = 0
         self.was_paused = asyncio.Event()
+        self.fetches: list[tuple[bool, int]] = []  # (paused at the time, max_records)
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed: dict[TopicPartition, int] = {}
         self.exhausted = asyncio.Event()
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
+        self.fetches.append((self.paused, max_records))
         if self.paused or not self.pending:
             if not self.pending:
                 self.exhausted.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -99,6 +100,7 @@ async def running(
     max_in_flight: int = 100,
     retry_delay: float = 30.0,
     shutdown_timeout: float = 10.0,
+    refill: int = 1,
 ) -> AsyncIterator[Running]:
     source = FakeSource(records)
     tracker = OffsetTracker()
@@ -128,6 +130,7 @@ async def running(
                 max_in_flight=max_in_flight,
                 commit_interval=0.01,
                 shutdown_timeout=shutdown_timeout,
+                refill=refill,
             ),
         )
         await pipeline.on_assigned([TP])
@@ -236,3 +239,27 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
     async with asyncio.timeout(10):
         while not predicate():  # noqa: ASYNC110 - the pool offers no event for its counters
             await asyncio.sleep(0.01)
+
+
+async def test_after_pausing_the_loop_fetches_again_only_when_a_batch_fits() -> None:
+    """Hysteresis: no pause/resume churn for every request a worker picks up."""
+    sender = ScriptedSender()
+    releases = [sender.gate(f"r-{i}") for i in range(30)]
+    async with running(
+        sender, [request(i) for i in range(30)], workers=1, buffer=8, refill=4
+    ) as run:
+        async with asyncio.timeout(10):
+            await run.source.was_paused.wait()
+        # One at a time, so room frees up one slot after another.
+        for count, release in enumerate(releases, start=1):
+            release.set()
+            await sender.wait_sent(lambda sent, count=count: len(sent) == count)
+    fetches = run.source.fetches
+    # The first fetch after each pause must have room for a whole refill batch.
+    resumed = [
+        size
+        for (was_paused, _), (paused, size) in itertools.pairwise(fetches)
+        if was_paused and not paused
+    ]
+    assert resumed, "the loop resumed fetching after the pause"
+    assert min(resumed) >= 4
