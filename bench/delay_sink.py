@@ -1,0 +1,186 @@
+"""A small, fast SMTP sink that answers the end of DATA after a fixed delay: the slow relay.
+
+    python -m bench.delay_sink --port 2525 --delay 0.05 --log accepted.log
+
+smtp-sink (Postfix) only takes whole seconds for its DATA delay, and aiosmtpd tops out around
+350 messages/s on this machine, which would cap the 100-worker case (ideal 2,000/s). This is a
+bare ``asyncio.Protocol`` with no parsing beyond what SMTP needs; it answers every command
+at once except the end of a message, whose ``250`` it sends ``--delay`` seconds later without
+holding anything but a timer. Each accepted message is logged as ``<unix time> <X-Email-Id>``
+(one line, flushed every 0.1 s) so the bench can count acceptances and measure latency.
+It does not advertise PIPELINING, so a client waits for each reply as against a real relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, cast
+
+_EHLO = b"250-bench-sink\r\n250-8BITMIME\r\n250 SIZE 52428800\r\n"
+_OK = b"250 2.0.0 Ok\r\n"
+_QUEUED = b"250 2.0.0 Ok: queued\r\n"
+_GO_AHEAD = b"354 End data with <CR><LF>.<CR><LF>\r\n"
+_BYE = b"221 2.0.0 Bye\r\n"
+_UNKNOWN = b"502 5.5.2 Error: command not recognized\r\n"
+_END = b"\r\n.\r\n"
+_ID_HEADER = b"\r\nX-Email-Id: "
+_FLUSH_EVERY = 0.1
+
+
+class AcceptLog:
+    """Acceptances in memory, written out in batches so logging costs almost nothing."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+
+    def accepted(self, email_id: str) -> None:
+        self._pending.append(f"{time.time():.6f} {email_id}\n")
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write("".join(self._pending))
+            self._pending.clear()
+            self._stream.flush()
+
+
+class _Session(asyncio.Protocol):
+    def __init__(self, *, delay: float, jitter: float, log: AcceptLog) -> None:
+        self._delay = delay
+        self._jitter = jitter
+        self._log = log
+        self._buffer = bytearray()
+        self._in_data = False
+        self._scanned = 0  # bytes of the message already searched for the end marker
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(b"220 bench-sink ESMTP\r\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while self._transport is not None:
+            if self._in_data:
+                if not self._end_of_message():
+                    return
+            else:
+                end = self._buffer.find(b"\r\n")
+                if end < 0:
+                    return
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 2]
+                self._command(line)
+
+    def _command(self, line: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            transport.write(_EHLO)
+        elif verb in (b"HELO", b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+            transport.write(_OK)
+        elif verb == b"DATA":
+            self._in_data = True
+            self._scanned = 0
+            transport.write(_GO_AHEAD)
+        elif verb == b"QUIT":
+            transport.write(_BYE)
+            transport.close()
+        else:
+            transport.write(_UNKNOWN)
+
+    def _end_of_message(self) -> bool:
+        """Consume one message if its end marker has arrived; False while it has not."""
+        if self._buffer.startswith(b".\r\n"):  # an empty message
+            message, rest = b"", 3
+        else:
+            end = self._buffer.find(_END, max(0, self._scanned - len(_END)))
+            if end < 0:
+                self._scanned = len(self._buffer)
+                return False
+            message, rest = bytes(self._buffer[: end + 2]), end + len(_END)
+        del self._buffer[:rest]
+        self._in_data = False
+        email_id = _email_id(message)
+        delay = self._delay
+        if self._jitter:
+            delay *= random.uniform(1 - self._jitter, 1 + self._jitter)
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._accept, email_id)
+        else:
+            self._accept(email_id)
+        return True
+
+    def _accept(self, email_id: str) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(_QUEUED)
+            self._log.accepted(email_id)
+
+
+def _email_id(message: bytes) -> str:
+    start = message.find(_ID_HEADER)
+    if start < 0:
+        return "-"
+    start += len(_ID_HEADER)
+    end = message.find(b"\r\n", start)
+    return message[start:end].decode("ascii", "replace").strip() or "-"
+
+
+async def serve(*, host: str, port: int, delay: float, jitter: float = 0.0, log_path: Path) -> None:
+    """Serve until SIGTERM or SIGINT; print ``ready <port>`` once listening."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    with log_path.open("a", encoding="ascii") as stream:
+        log = AcceptLog(stream)
+        server = await loop.create_server(
+            lambda: _Session(delay=delay, jitter=jitter, log=log), host, port, backlog=4096
+        )
+        print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _FLUSH_EVERY)
+                log.flush()
+        finally:
+            server.close()
+            log.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.05, help="seconds before the 250")
+    parser.add_argument(
+        "--jitter", type=float, default=0.0, help="each delay is drawn from delay * (1 ± jitter)"
+    )
+    parser.add_argument("--log", type=Path, required=True, help="accepted messages go here")
+    args = parser.parse_args(argv)
+    coroutine = serve(
+        host=args.host, port=args.port, delay=args.delay, jitter=args.jitter, log_path=args.log
+    )
+    try:
+        import uvloop  # the bench extra has it: less CPU per message than asyncio's loop
+    except ImportError:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
