@@ -87,6 +87,13 @@ class KafkaSettings(BaseSettings):
     rebalance_timeout_ms: int | None = Field(default=None, gt=0)
     commit_interval_ms: int = Field(default=1000, gt=0)
     request_timeout_ms: int = Field(default=30_000, gt=0)
+    # Fetch buffers are most of the memory with a backlog waiting: aiokafka's defaults (50 MiB
+    # per fetch, 1 MiB per partition) are sized for throughput of tiny records, not for this.
+    fetch_max_bytes: int = Field(default=1_048_576, gt=0)
+    max_partition_fetch_bytes: int = Field(default=262_144, gt=0)
+    # How long the broker may hold a fetch waiting for data: bounds the latency of a request
+    # that arrives on an idle topic (aiokafka's default is 500 ms).
+    fetch_max_wait_ms: int = Field(default=100, ge=0)
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -45,6 +45,9 @@ class KafkaRequestConsumer:
             "client_id": settings.group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": settings.auto_offset_reset.value,
+            "fetch_max_bytes": settings.fetch_max_bytes,
+            "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
+            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         }
         optional = {
             "session_timeout_ms": settings.session_timeout_ms,
