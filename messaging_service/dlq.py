@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from types import TracebackType
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
-from .config import KafkaSettings, kafka_client_options
+from .config import KafkaSettings
 from .errors import DeadLetterUnavailableError
 from .models import DeadLetter
+from .publish import Publisher, PublishError
 
 # Header values are UTF-8 text (decimal numbers included) so any tool can read them.
 H_TOPIC = "kafka_dlt-original-topic"
@@ -66,23 +63,13 @@ class KafkaDeadLetterSink:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        self._timeout = settings.request_timeout_ms / 1000
-        self._producer = AIOKafkaProducer(
-            **kafka_client_options(settings),
-            acks="all",
-            client_id=f"{settings.group_id}-dlq",
-        )
-        self._started = False
+        self._publisher = Publisher(settings, client_id=f"{settings.group_id}-dlq")
 
     async def __aenter__(self) -> KafkaDeadLetterSink:
         try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise DeadLetterUnavailableError(
-                f"cannot connect to Kafka at {self._settings.bootstrap_servers}: {exc}"
-            ) from exc
-        self._started = True
+            await self._publisher.start()
+        except PublishError as exc:
+            raise DeadLetterUnavailableError(str(exc)) from exc
         return self
 
     async def __aexit__(
@@ -94,21 +81,14 @@ class KafkaDeadLetterSink:
         await self.close()
 
     async def close(self) -> None:
-        if self._started:
-            self._started = False
-            await self._producer.stop()
+        await self._publisher.close()
 
     async def publish(self, letter: DeadLetter) -> None:
         record = letter.record
         headers = dead_letter_headers(letter, group_id=self._settings.group_id)
         try:
-            await asyncio.wait_for(
-                self._producer.send_and_wait(
-                    self._settings.dlq_topic, value=record.value, key=record.key, headers=headers
-                ),
-                timeout=self._timeout,
+            await self._publisher.publish(
+                self._settings.dlq_topic, record.value, key=record.key, headers=headers
             )
-        except (KafkaError, TimeoutError) as exc:
-            raise DeadLetterUnavailableError(
-                f"cannot write to {self._settings.dlq_topic}: {type(exc).__name__}: {exc}"
-            ) from exc
+        except PublishError as exc:
+            raise DeadLetterUnavailableError(str(exc)) from exc

@@ -82,6 +82,11 @@ class Publisher:
         self._started = False
 
     async def __aenter__(self) -> Publisher:
+        await self.start()
+        return self
+
+    async def start(self) -> None:
+        """Connect to the cluster; PublishError if it cannot be reached in time."""
         try:
             async with asyncio.timeout(self._timeout):
                 await self._producer.start()
@@ -92,7 +97,6 @@ class Publisher:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         self._started = True
-        return self
 
     async def __aexit__(
         self,
