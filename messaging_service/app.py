@@ -122,6 +122,7 @@ async def run_service(
             group=settings.kafka.group_id,
             workers=email.worker_count,
             http_port=http.port,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         if on_started is not None:
             on_started(Running(http_port=http.port, health=health, registry=registry))

@@ -11,6 +11,7 @@ import json
 import shlex
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,22 @@ def run() -> None:
     settings = _settings_or_exit()
     configure_logging(settings.log)
     try:
-        asyncio.run(_run(settings))
+        _run_event_loop(_run(settings))
     except ServiceError as exc:
         # A dependency that cannot be reached at start, or templates that do not compile:
         # exit non-zero with one clear line, and let the supervisor restart us.
         structlog.get_logger(__name__).error("service_failed", error=str(exc))
         sys.exit(1)
+
+
+def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the service on uvloop where it is installed (not on Windows), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 async def _run(settings: Settings) -> None:
