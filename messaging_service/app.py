@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
+from .circuit import CircuitBreaker, CircuitState
 from .config import Settings
 from .consumer import KafkaRequestConsumer
 from .dlq import KafkaDeadLetterSink
@@ -25,14 +26,14 @@ from .mime import MessageBuilder
 from .offsets import OffsetTracker
 from .pipeline import Pipeline, PipelineSettings
 from .pool import WorkerPool
+from .ratelimit import SendRateLimiter
 from .retry import RetryPolicy
 from .scheduler import DelayQueue
 from .smtp import SmtpSender
 from .templates import TemplateRenderer
+from .throttle import AdaptiveRate
 
 log = structlog.get_logger(__name__)
-
-_PROBE_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,11 @@ async def run_service(
     builder = MessageBuilder(settings.email.sender)
     tracker = OffsetTracker()
     email = settings.email
+    # Never more failures than a request has attempts: an outage must open the circuit
+    # before any request could run out of retries because of it.
+    circuit = CircuitBreaker(threshold=min(settings.smtp.circuit_threshold, email.max_retries + 1))
+    circuit.subscribe(lambda state: _circuit_changed(state, health, settings.smtp.probe_interval))
+    limiter = SendRateLimiter(AdaptiveRate(email.rate_limit or None))
 
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
@@ -85,6 +91,8 @@ async def run_service(
             policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
             metrics=metrics,
             health=health,
+            circuit=circuit,
+            limiter=limiter,
         )
         pipeline = Pipeline(
             handler=handler,
@@ -99,6 +107,7 @@ async def run_service(
                 shutdown_timeout=settings.runtime.shutdown_timeout,
                 refill=max(1, email.worker_buffer // 2),
             ),
+            circuit=circuit,
         )
         metrics.watch(
             LiveState(
@@ -108,9 +117,15 @@ async def run_service(
                 uncommitted_finished=lambda: tracker.finished_uncommitted,
                 assigned_partitions=lambda: len(tracker.partitions()),
                 health=health.readiness,
+                circuit_open=lambda: circuit.is_open,
+                circuit_opened=lambda: circuit.opened_count,
+                parked=lambda: pipeline.parked,
+                rate_limit=limiter.allowed,
             )
         )
-        await stack.enter_async_context(_background(lambda: _probe_smtp(sender, health)))
+        await stack.enter_async_context(
+            _background(lambda: _watch_relay(sender, circuit, health, settings.smtp.probe_interval))
+        )
         consumer = await stack.enter_async_context(
             KafkaRequestConsumer(
                 settings.kafka, on_assigned=pipeline.on_assigned, on_revoked=pipeline.on_revoked
@@ -146,15 +161,30 @@ async def _background(work: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIte
             await task
 
 
-async def _probe_smtp(sender: SmtpSender, health: Health) -> None:
-    """Keep /readyz honest while no email flows: probe the relay whenever it is not known good."""
+def _circuit_changed(state: CircuitState, health: Health, probe_interval: float) -> None:
+    health.circuit_open = state is CircuitState.OPEN
+    if state is CircuitState.OPEN:
+        health.smtp_reachable = False
+        log.error("smtp_circuit_opened", probe_interval=probe_interval)
+    else:
+        log.info("smtp_circuit_closed")
+
+
+async def _watch_relay(
+    sender: SmtpSender, circuit: CircuitBreaker, health: Health, interval: float
+) -> None:
+    """Probe the relay whenever it is not known good; a probe that answers closes the circuit.
+
+    Also keeps /readyz honest while no email flows (at start, or after a failed send).
+    """
     while True:
-        if not health.smtp_reachable:
+        if circuit.is_open or not health.smtp_reachable:
             try:
                 await sender.probe()
             except SmtpTransientError as exc:
-                log.warning("smtp_unreachable", error=str(exc))
+                log.warning("smtp_unreachable", error=str(exc), circuit=circuit.state.value)
             else:
                 health.smtp_reachable = True
                 log.info("smtp_reachable")
-        await asyncio.sleep(_PROBE_INTERVAL)
+                circuit.close()
+        await asyncio.sleep(interval)

@@ -117,6 +117,10 @@ class SmtpSettings(BaseSettings):
     username: str | None = None
     password: SecretStr | None = None
     timeout: float = Field(default=10.0, gt=0)
+    # Relay outages: this many unusable attempts in a row (no connection, timeout, refused
+    # session) open the circuit; while open, the relay is probed every probe_interval seconds.
+    circuit_threshold: int = Field(default=3, ge=1, le=1000)
+    probe_interval: float = Field(default=2.0, gt=0)
 
 
 class EmailSettings(BaseSettings):
@@ -129,6 +133,15 @@ class EmailSettings(BaseSettings):
     max_retries: int = Field(default=3, ge=0, le=100)
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 5.0, 10.0)
     templates_dir: Path | None = None
+    # Emails per second for the whole process, all workers together; 0 = no limit.
+    rate_limit: float = Field(default=0.0, ge=0)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_at_least_one(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("give 0 (no limit) or at least 1 email per second")
+        return value
 
     @field_validator("retry_delays", mode="before")
     @classmethod

@@ -38,6 +38,14 @@ class SmtpTransientError(SmtpError, RetriableError):
     """Connect error, disconnect, timeout or a 4xx reply."""
 
 
+class SmtpUnavailableError(SmtpTransientError):
+    """The relay could not be used at all: no connection, a timeout, or a refused session.
+
+    Unlike a 4xx reply about one message, this says the relay is down (or our settings are
+    wrong for it): enough of these in a row open the circuit breaker.
+    """
+
+
 class SmtpRejectedError(SmtpError, PermanentError):
     """A 5xx reply, or every recipient refused with 5xx."""
 

@@ -1,7 +1,9 @@
 """One request from raw record to final outcome: parse, render, send, retry, dead-letter.
 
 The handler never sleeps: a transient failure returns ``RetryIn`` and the caller parks the
-delivery outside the worker pool, so a request waiting for its retry holds no worker.
+delivery outside the worker pool, so a request waiting for its retry holds no worker. While
+the relay is down (the circuit is open) it returns ``Parked`` without spending an attempt:
+the caller holds the delivery until the circuit closes.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from dataclasses import dataclass
 
 import structlog
 
+from .circuit import CircuitBreaker
 from .errors import (
     DeadLetterUnavailableError,
     InvalidPayloadError,
     ServiceError,
     SmtpRejectedError,
     SmtpTransientError,
+    SmtpUnavailableError,
     TemplateError,
 )
 from .health import Health
@@ -34,8 +38,10 @@ from .models import (
     guess_request_id,
     parse_request,
 )
+from .ratelimit import SendRateLimiter
 from .retry import Backoff, RetryPolicy
 from .templates import TemplateRenderer
+from .throttle import is_throttling
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +69,12 @@ class RetryIn:
     seconds: float
 
 
-Step = Finished | RetryIn
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """The relay is down (circuit open): hold the delivery until it is back; no attempt spent."""
+
+
+Step = Finished | RetryIn | Parked
 
 
 class RequestHandler:
@@ -79,6 +90,8 @@ class RequestHandler:
         policy: RetryPolicy,
         metrics: Metrics,
         health: Health,
+        circuit: CircuitBreaker | None = None,
+        limiter: SendRateLimiter | None = None,
         dead_letter_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -89,6 +102,8 @@ class RequestHandler:
         self._policy = policy
         self._metrics = metrics
         self._health = health
+        self._circuit = circuit
+        self._limiter = limiter
         self._backoff = dead_letter_backoff or Backoff()
         self._clock = clock
 
@@ -134,22 +149,43 @@ class RequestHandler:
         return self._builder.build(request, self._renderer.render(request))
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
+        circuit = self._circuit
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        if circuit is not None and circuit.is_open:
+            return Parked()
         delivery.attempts += 1
         started = time.perf_counter()
         try:
             report = await self._sender.send(email)
         except SmtpRejectedError as exc:
             self._observe_attempt(started, "rejected")
+            self._relay_answered()
             return await self._dead_letter(
                 delivery, FailureReason.SMTP_REJECTED, exc, code=exc.code
             )
+        except SmtpUnavailableError as exc:
+            self._observe_attempt(started, "unavailable")
+            self._health.smtp_reachable = False
+            if circuit is not None:
+                circuit.record_failure()
+                if circuit.is_open:
+                    # An outage is nobody's fault: this attempt does not count.
+                    delivery.attempts -= 1
+                    log.warning("email_parked", reason="smtp_circuit_open", error=str(exc))
+                    return Parked()
+            return await self._transient(delivery, exc)
         except SmtpTransientError as exc:
             self._observe_attempt(started, "transient")
             if exc.code is None:
                 self._health.smtp_reachable = False
+            else:
+                self._relay_answered()
+                if is_throttling(exc.code):
+                    self._throttled(exc.code)
             return await self._transient(delivery, exc)
         self._observe_attempt(started, None)
-        self._health.smtp_reachable = True
+        self._relay_answered()
         for refusal in report.refused:
             self._metrics.recipients_refused.inc()
             log.warning(
@@ -162,6 +198,19 @@ class RequestHandler:
         self._finish(delivery, Outcome.SENT)
         log.info("email_sent", attempt=delivery.attempts, recipients=len(email.recipients))
         return Finished(Outcome.SENT)
+
+    def _relay_answered(self) -> None:
+        self._health.smtp_reachable = True
+        if self._circuit is not None:
+            self._circuit.record_success()
+
+    def _throttled(self, code: int) -> None:
+        self._metrics.throttled.inc()
+        if self._limiter is None:
+            return
+        rate = self._limiter.throttled()
+        if rate is not None:
+            log.warning("send_rate_reduced", smtp_code=code, rate_per_second=round(rate, 2))
 
     async def _transient(self, delivery: Delivery, exc: SmtpTransientError) -> Step:
         delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)

@@ -14,12 +14,14 @@ class Health:
     smtp_reachable: bool = False
     dead_letter_sink_ok: bool = True
     draining: bool = False
+    circuit_open: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
     def readiness(self) -> dict[str, bool]:
         return {
             "joined_group": self.joined_group,
             "smtp_reachable": self.smtp_reachable,
+            "smtp_circuit_closed": not self.circuit_open,
             "dead_letter_topic_writable": self.dead_letter_sink_ok,
             "accepting_work": not self.draining,
         }

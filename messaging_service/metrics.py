@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ class LiveState:
     uncommitted_finished: Callable[[], int]
     assigned_partitions: Callable[[], int]
     health: Callable[[], Mapping[str, bool]]
+    circuit_open: Callable[[], bool] = lambda: False
+    circuit_opened: Callable[[], int] = lambda: 0
+    parked: Callable[[], int] = lambda: 0
+    rate_limit: Callable[[], float | None] = lambda: None
 
 
 class Metrics:
@@ -64,6 +69,11 @@ class Metrics:
         self.dead_letter_publish_failures = Counter(
             _PREFIX + "dead_letter_publish_failures",
             "Attempts to write the dead-letter topic that failed (they are retried).",
+            registry=registry,
+        )
+        self.throttled = Counter(
+            _PREFIX + "throttled",
+            "Throttling replies from the relay (421, 450, 451, 452, 454); each may cut the rate.",
             registry=registry,
         )
         self.commits = Counter(
@@ -122,6 +132,27 @@ class _LiveCollector(Collector):
             "assigned_partitions",
             "Partitions of the requests topic assigned to this process.",
             self._state.assigned_partitions(),
+        )
+        yield _gauge(
+            "smtp_circuit_open",
+            "1 while the relay circuit is open: sends stopped, consumption paused, probing.",
+            1.0 if self._state.circuit_open() else 0.0,
+        )
+        opened = CounterMetricFamily(
+            _PREFIX + "smtp_circuit_opened", "Times the relay circuit opened."
+        )
+        opened.add_metric([], self._state.circuit_opened())
+        yield opened
+        yield _gauge(
+            "parked_requests",
+            "Requests held while the relay circuit is open (no attempt spent).",
+            self._state.parked(),
+        )
+        rate = self._state.rate_limit()
+        yield _gauge(
+            "send_rate_limit",
+            "Emails per second the service allows itself now (+Inf: no limit); cut on throttling.",
+            math.inf if rate is None else rate,
         )
         for field in ("completed", "failed", "panicked"):
             counter = CounterMetricFamily(

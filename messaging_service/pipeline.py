@@ -16,8 +16,9 @@ from typing import Protocol
 
 import structlog
 
+from .circuit import CircuitBreaker, CircuitState
 from .errors import RetriableError
-from .handler import Delivery, RequestHandler, RetryIn, Step
+from .handler import Delivery, Parked, RequestHandler, RetryIn, Step
 from .health import Health
 from .metrics import Metrics
 from .models import InboundRecord, Outcome
@@ -64,6 +65,7 @@ class Pipeline:
         metrics: Metrics,
         health: Health,
         settings: PipelineSettings,
+        circuit: CircuitBreaker | None = None,
     ) -> None:
         self._handler = handler
         self._pool = pool
@@ -77,6 +79,15 @@ class Pipeline:
         # Set whenever a job starts or finishes: room may have appeared, or a drain may be done.
         self._progress = asyncio.Event()
         self._fetch_backoff = Backoff(initial=0.2, ceiling=5.0)
+        # Jobs held while the relay circuit is open; handed back to the pool when it closes.
+        self._circuit = circuit
+        self._parked: list[Job] = []
+        if circuit is not None:
+            circuit.subscribe(self._on_circuit)
+
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
 
     async def run(self, source: RequestSource, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then drain within the shutdown timeout and commit."""
@@ -130,8 +141,18 @@ class Pipeline:
             offsets={f"{tp.topic}-{tp.partition}": o for tp, o in offsets.items()},
         )
 
+    def _on_circuit(self, state: CircuitState) -> None:
+        if state is CircuitState.CLOSED:
+            parked, self._parked = self._parked, []
+            for job in parked:
+                self._delays.schedule(0, job)
+        # Wake the admission loop (resume) or a drain (parked work can finish now).
+        self._progress.set()
+
     async def _admit(self, source: RequestSource) -> None:
         room = min(self._pool.free_slots, self._settings.max_in_flight - self._tracker.pending)
+        if self._circuit is not None and self._circuit.is_open:
+            room = 0  # the relay is down: take no new work, keep polling to stay in the group
         # Hysteresis: once full, wait until a real batch fits before fetching again, rather
         # than pausing and resuming every partition for each request a worker picks up.
         threshold = 1 if not self._paused else self._settings.refill
@@ -189,11 +210,20 @@ class Pipeline:
             if isinstance(step, RetryIn):
                 self._delays.schedule(step.seconds, job)
                 return JobStatus.OK
+            if isinstance(step, Parked):
+                self._park(job)
+                return JobStatus.OK
             state.finish(record.offset)
             self._progress.set()
             return JobStatus.OK if step.outcome is Outcome.SENT else JobStatus.FAILED
 
         return job
+
+    def _park(self, job: Job) -> None:
+        if self._circuit is None or self._circuit.is_open:
+            self._parked.append(job)
+        else:  # it closed while this job was on its way here
+            self._delays.schedule(0, job)
 
     async def _step(self, delivery: Delivery) -> Step:
         try:
@@ -210,6 +240,11 @@ class Pipeline:
         deadline = now + self._settings.shutdown_timeout
         next_commit = now + self._settings.commit_interval
         while self._tracker.pending > 0 and (now := time.monotonic()) < deadline:
+            if self._tracker.pending == len(self._parked):
+                # Only work held for a relay that is down: waiting cannot finish it, and
+                # uncommitted, it is redelivered to whoever consumes these partitions next.
+                log.warning("drain_stopped_relay_down", parked=len(self._parked))
+                break
             if now >= next_commit:
                 await self.commit()
                 next_commit = now + self._settings.commit_interval

@@ -13,7 +13,7 @@ from types import TracebackType
 import aiosmtplib
 
 from .config import SmtpSecurity, SmtpSettings
-from .errors import SmtpError, SmtpRejectedError, SmtpTransientError
+from .errors import SmtpError, SmtpRejectedError, SmtpTransientError, SmtpUnavailableError
 from .models import OutgoingEmail, RecipientRefusal, SendReport
 
 # Whatever the relay's own idle limit, NAT gateways and firewalls drop quiet connections
@@ -187,7 +187,9 @@ class SmtpSender:
             # the message: it is the relay or our settings. Treated as transient, it is
             # retried instead of dead-lettering every message at once as smtp_rejected.
             error = _translate(exc)
-            raise SmtpTransientError(f"SMTP session refused: {error}", code=error.code) from exc
+            if isinstance(error, SmtpUnavailableError):
+                raise error from exc  # no session at all: refused, reset or timed out
+            raise SmtpUnavailableError(f"SMTP session refused: {error}", code=error.code) from exc
         except BaseException:
             client.close()
             raise
@@ -235,7 +237,7 @@ def _translate(exc: Exception) -> SmtpError:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return _by_code(exc.code, f"SMTP relay replied {exc.code} {exc.message}")
     if isinstance(exc, _TRANSPORT_ERRORS):
-        return SmtpTransientError(f"SMTP relay unreachable: {_describe(exc)}")
+        return SmtpUnavailableError(f"SMTP relay unreachable: {_describe(exc)}")
     # Anything else is the relay lacking what the settings demand (STARTTLS, AUTH, ...).
     return SmtpRejectedError(f"SMTP relay cannot be used as configured: {_describe(exc)}")
 

@@ -157,7 +157,9 @@ class SmtpTestServer:
         controller, self._controller = self._controller, None
         if controller is None:
             return
-        asyncio.run_coroutine_threadsafe(self._drop_all(), controller.loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(self._drop_all(controller), controller.loop).result(
+            timeout=10
+        )
         controller.stop()
 
     def __enter__(self) -> SmtpTestServer:
@@ -304,7 +306,11 @@ class SmtpTestServer:
             options["authenticator"] = _Authenticator(self._credentials)
         return options
 
-    async def _drop_all(self) -> None:
+    async def _drop_all(self, controller: _Controller) -> None:
+        # Stop listening first: a client connecting between the drop and the stop would
+        # otherwise get a session on a server that is going away.
+        if isinstance(controller.server, asyncio.Server):
+            controller.server.close()
         with self._state.lock:
             live = list(self._state.live)
         for protocol in live:

@@ -1,0 +1,43 @@
+"""Adapter: make callers wait for the rate ``AdaptiveRate`` allows, on aiolimiter's leaky bucket.
+
+One bucket is shared by every worker. Its capacity is fixed and the rate changes by changing
+what each email costs: at ``r`` emails/s an email costs ``_CAPACITY / r`` units of a bucket
+that drains ``_CAPACITY`` units a second. So a cut takes effect at once, also for callers
+already waiting, with aiolimiter's public API only. Bursts are bounded to one second's worth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aiolimiter import AsyncLimiter
+
+from .throttle import AdaptiveRate, RateMeter
+
+_CAPACITY = 1_000_000.0
+
+
+class SendRateLimiter:
+    """``await acquire()`` before each send; ``throttled()`` when the relay pushes back."""
+
+    def __init__(self, rate: AdaptiveRate, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._meter = RateMeter(clock)
+        self._bucket = AsyncLimiter(_CAPACITY, time_period=1.0)
+
+    def allowed(self) -> float | None:
+        """Emails per second allowed now; None when there is no limit."""
+        return self._rate.allowed()
+
+    async def acquire(self) -> None:
+        allowed = self._rate.allowed()
+        if allowed is not None:
+            await self._bucket.acquire(min(_CAPACITY / allowed, _CAPACITY))
+        self._meter.mark()
+
+    def throttled(self) -> float | None:
+        """Report a throttling reply; returns the new allowed rate if this one cut it."""
+        if self._rate.on_throttle(self._meter.rate()):
+            return self._rate.allowed()
+        return None

@@ -1,0 +1,193 @@
+"""The relay circuit breaker: alone, in the handler, and in the pipeline with fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from messaging_service.circuit import CircuitBreaker, CircuitState
+from messaging_service.errors import SmtpTransientError, SmtpUnavailableError
+from messaging_service.handler import Delivery, Finished, Parked, RequestHandler, RetryIn
+from messaging_service.health import Health
+from messaging_service.metrics import Metrics
+from messaging_service.mime import MessageBuilder
+from messaging_service.models import InboundRecord, Outcome, OutgoingEmail, SendReport
+from messaging_service.offsets import OffsetTracker, TopicPartition
+from messaging_service.pipeline import Pipeline, PipelineSettings
+from messaging_service.pool import WorkerPool
+from messaging_service.ratelimit import SendRateLimiter
+from messaging_service.retry import RetryPolicy
+from messaging_service.scheduler import DelayQueue
+from messaging_service.templates import TemplateRenderer
+from messaging_service.throttle import AdaptiveRate
+from support.fakes import FakeDeadLetters, FakeSender, FakeSource, record
+
+TP = TopicPartition("email.requests", 0)
+
+
+def request(offset: int) -> InboundRecord:
+    payload = {"id": f"r-{offset}", "to": "a@example.com", "subject": "s", "text": "t"}
+    return record(json.dumps(payload).encode(), offset=offset)
+
+
+def test_opens_after_threshold_failures_in_a_row_and_tells_listeners() -> None:
+    circuit = CircuitBreaker(threshold=3)
+    seen: list[CircuitState] = []
+    circuit.subscribe(seen.append)
+    circuit.record_failure()
+    circuit.record_failure()
+    circuit.record_success()  # the relay answered: the count starts again
+    circuit.record_failure()
+    circuit.record_failure()
+    assert not circuit.is_open
+    circuit.record_failure()
+    assert circuit.is_open
+    assert seen == [CircuitState.OPEN]
+    circuit.record_failure()  # failures while open change nothing
+    circuit.record_success()  # nor does a late success: only a probe closes it
+    assert circuit.is_open
+    circuit.close()
+    assert circuit.state is CircuitState.CLOSED
+    assert seen == [CircuitState.OPEN, CircuitState.CLOSED]
+    assert circuit.opened_count == 1
+    with pytest.raises(ValueError, match="threshold"):
+        CircuitBreaker(threshold=0)
+
+
+class Harness:
+    def __init__(self, sender: FakeSender, *, threshold: int = 2, rate: float | None = None):
+        self.sender = sender
+        self.dead_letters = FakeDeadLetters()
+        self.registry = CollectorRegistry()
+        self.health = Health()
+        self.circuit = CircuitBreaker(threshold=threshold)
+        self.limiter = SendRateLimiter(AdaptiveRate(rate))
+        self.handler = RequestHandler(
+            renderer=TemplateRenderer(),
+            builder=MessageBuilder("shop@example.com"),
+            sender=sender,
+            dead_letters=self.dead_letters,
+            policy=RetryPolicy(max_retries=3, delays=(1, 5, 10)),
+            metrics=Metrics(self.registry),
+            health=self.health,
+            circuit=self.circuit,
+            limiter=self.limiter,
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels or None) or 0.0
+
+
+async def test_an_outage_parks_requests_without_spending_their_attempts() -> None:
+    down = SmtpUnavailableError("SMTP relay unreachable: connection refused")
+    harness = Harness(FakeSender(down, down), threshold=2)
+    first, second = Delivery(request(0)), Delivery(request(1))
+
+    assert await harness.handler.process(first) == RetryIn(1)  # one failure: a normal retry
+    assert first.attempts == 1
+    assert await harness.handler.process(second) == Parked()  # the second opens the circuit
+    assert second.attempts == 0
+    assert harness.circuit.is_open
+    assert not harness.health.smtp_reachable
+
+    assert await harness.handler.process(first) == Parked()  # open: the relay is not tried
+    assert harness.sender.attempts == 2
+
+    harness.circuit.close()  # a probe answered
+    assert await harness.handler.process(first) == Finished(Outcome.SENT)
+    assert await harness.handler.process(second) == Finished(Outcome.SENT)
+    assert (first.attempts, second.attempts) == (2, 1)
+    assert harness.dead_letters.published == []
+    assert harness.metric("email_send_errors_total", kind="unavailable") == 2
+
+
+async def test_a_reply_from_the_relay_is_not_an_outage() -> None:
+    busy = SmtpTransientError("451 try later", code=451)
+    harness = Harness(FakeSender(busy, busy, busy), threshold=2)
+    steps = [await harness.handler.process(Delivery(request(n))) for n in range(3)]
+    assert all(isinstance(step, RetryIn) for step in steps)
+    assert not harness.circuit.is_open
+
+
+async def test_throttling_replies_cut_the_send_rate() -> None:
+    harness = Harness(FakeSender(SmtpTransientError("421 slow down", code=421)), rate=100)
+    assert await harness.handler.process(Delivery(request(0))) == RetryIn(1)
+    assert harness.metric("email_throttled_total") == 1
+    assert harness.limiter.allowed() == pytest.approx(50, abs=1)  # recovering from 50
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    while not predicate():  # noqa: ASYNC110 - the fakes offer no event for these states
+        await asyncio.sleep(0.01)
+
+
+class Relay:
+    """A sender whose relay is down until ``up`` is set."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.sent: list[OutgoingEmail] = []
+        self.tries = 0
+
+    async def send(self, email: OutgoingEmail) -> SendReport:
+        self.tries += 1
+        await asyncio.sleep(0)
+        if not self.up:
+            raise SmtpUnavailableError("SMTP relay unreachable: connection refused")
+        self.sent.append(email)
+        return SendReport()
+
+
+async def test_pipeline_pauses_during_an_outage_and_sends_everything_after_it() -> None:
+    relay = Relay()
+    source = FakeSource([request(n) for n in range(30)])
+    circuit = CircuitBreaker(threshold=3)
+    tracker = OffsetTracker()
+    health = Health()
+    dead_letters = FakeDeadLetters()
+    metrics = Metrics(CollectorRegistry())
+    async with (
+        WorkerPool(size=4, capacity=4) as pool,
+        DelayQueue(pool.submit) as delays,
+    ):
+        handler = RequestHandler(
+            renderer=TemplateRenderer(),
+            builder=MessageBuilder("shop@example.com"),
+            sender=relay,
+            dead_letters=dead_letters,
+            policy=RetryPolicy(max_retries=3, delays=(0.01,)),
+            metrics=metrics,
+            health=health,
+            circuit=circuit,
+        )
+        pipeline = Pipeline(
+            handler=handler,
+            pool=pool,
+            delays=delays,
+            tracker=tracker,
+            metrics=metrics,
+            health=health,
+            settings=PipelineSettings(max_in_flight=100, commit_interval=0.01, shutdown_timeout=5),
+            circuit=circuit,
+        )
+        await pipeline.on_assigned([TP])
+        stop = asyncio.Event()
+        task = asyncio.create_task(pipeline.run(source, stop))
+        async with asyncio.timeout(20):
+            await wait_until(lambda: circuit.is_open and pipeline.parked > 0 and source.paused)
+            tries = relay.tries
+            for _ in range(20):  # open: nothing reaches the relay, nothing is admitted
+                await asyncio.sleep(0.01)
+            assert relay.tries == tries
+            assert source.pending  # the rest of the batch waits in Kafka
+            relay.up = True
+            circuit.close()
+            await wait_until(lambda: len(relay.sent) == 30 and source.committed.get(TP) == 30)
+        stop.set()
+        await task
+    assert dead_letters.published == []
+    assert len({email.message for email in relay.sent}) == 30
