@@ -39,13 +39,13 @@ _deadline: contextvars.ContextVar[float] = contextvars.ContextVar(
 )
 
 
-class _RenderLimitExceeded(Exception):
+class _RenderLimitError(Exception):
     """A render ran past its deadline or tried to build something huge (raised in hooks)."""
 
 
 def _check_deadline() -> None:
     if time.monotonic() > _deadline.get():
-        raise _RenderLimitExceeded("rendering took longer than EMAIL_RENDER_TIMEOUT")
+        raise _RenderLimitError("rendering took longer than EMAIL_RENDER_TIMEOUT")
 
 
 class _GuardedSandbox(ImmutableSandboxedEnvironment):
@@ -80,17 +80,20 @@ class _GuardedSandbox(ImmutableSandboxedEnvironment):
 def _check_size(operator: str, left: Any, right: Any) -> None:
     if operator == "*":
         for seq, count in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and isinstance(count, int):
-                if len(seq) * count > _MAX_REPEAT:
-                    raise _RenderLimitExceeded(
-                        f"'*' would build {len(seq) * count} items, more than {_MAX_REPEAT}"
-                    )
-        if _is_int(left) and _is_int(right):
-            if left.bit_length() + right.bit_length() > _MAX_POWER_BITS:
-                raise _RenderLimitExceeded(f"'*' would build a number over {_MAX_POWER_BITS} bits")
-    elif operator == "**" and _is_int(left) and _is_int(right) and right > 0:
-        if abs(left) > 1 and left.bit_length() * right > _MAX_POWER_BITS:
-            raise _RenderLimitExceeded(f"'**' would build a number over {_MAX_POWER_BITS} bits")
+            repeat = isinstance(seq, str | list | tuple) and isinstance(count, int)
+            if repeat and len(seq) * count > _MAX_REPEAT:
+                raise _RenderLimitError(
+                    f"'*' would build {len(seq) * count} items, more than {_MAX_REPEAT}"
+                )
+        both_ints = _is_int(left) and _is_int(right)
+        if both_ints and left.bit_length() + right.bit_length() > _MAX_POWER_BITS:
+            raise _RenderLimitError(f"'*' would build a number over {_MAX_POWER_BITS} bits")
+    elif operator == "**" and _is_int(left) and _is_int(right) and _huge_power(left, right):
+        raise _RenderLimitError(f"'**' would build a number over {_MAX_POWER_BITS} bits")
+
+
+def _huge_power(base: int, exponent: int) -> bool:
+    return exponent > 0 and abs(base) > 1 and base.bit_length() * exponent > _MAX_POWER_BITS
 
 
 def _is_int(value: Any) -> bool:
@@ -159,7 +162,7 @@ class TemplateRenderer:
         token = _deadline.set(time.monotonic() + self._render_timeout)
         try:
             return self._render_parts(request)
-        except _RenderLimitExceeded as exc:
+        except _RenderLimitError as exc:
             raise InvalidPayloadError(
                 f"template {request.template!r}: {exc} ({self._render_timeout:g} s)"
                 if "EMAIL_RENDER_TIMEOUT" in str(exc)
@@ -219,7 +222,7 @@ def money(value: Any) -> str:
 def _render(name: str, part: str, template: Template, data: dict[str, Any]) -> str:
     try:
         return template.render(data)
-    except _RenderLimitExceeded:
+    except _RenderLimitError:
         raise
     # Templates run on request data we do not control: besides jinja's own errors (undefined
     # variable, sandbox violation) any exception a filter or operator raises on odd values

@@ -1,4 +1,4 @@
-"""Limits on untrusted input and the recipient-domain allowlist: each ends as a clear dead letter."""
+"""Limits on untrusted input and the recipient-domain allowlist, each a clear dead letter."""
 
 from __future__ import annotations
 
