@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import ssl
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .addresses import parse_address
 
 DEFAULT_ENV_FILE = Path(".env")
+# The password part of a URL's user information: scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@:\s]*:)[^/@\s]*(?=@)")
 
 
 class ConfigError(Exception):
@@ -353,7 +356,12 @@ def _as_text(value: Any) -> str | None:
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, tuple):
         return ",".join(str(_as_text(item)) for item in value)
-    return str(value)
+    return redact_url_passwords(str(value))
+
+
+def redact_url_passwords(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` masked."""
+    return _URL_PASSWORD.sub(lambda match: match.group("head") + "**********", text)
 
 
 def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
