@@ -23,6 +23,7 @@ from .health import Health
 from .http import HttpServer, build_app
 from .metrics import LiveState, Metrics
 from .mime import MessageBuilder
+from .models import RequestLimits
 from .offsets import OffsetTracker
 from .pipeline import Pipeline, PipelineSettings
 from .pool import WorkerPool
@@ -57,7 +58,9 @@ async def run_service(
     health = Health()
     metrics = Metrics(registry)
     # Pure parts first: a broken template or sender fails the start, before any connection.
-    renderer = TemplateRenderer(settings.email.templates_dir)
+    renderer = TemplateRenderer(
+        settings.email.templates_dir, render_timeout=settings.email.render_timeout
+    )
     builder = MessageBuilder(settings.email.sender)
     tracker = OffsetTracker()
     email = settings.email
@@ -93,6 +96,13 @@ async def run_service(
             health=health,
             circuit=circuit,
             limiter=limiter,
+            limits=RequestLimits(
+                max_record_bytes=email.max_record_bytes,
+                max_recipients=email.max_recipients,
+                max_data_depth=email.max_data_depth,
+                max_data_bytes=email.max_data_bytes,
+            ),
+            allowed_domains=email.allowed_domains,
         )
         pipeline = Pipeline(
             handler=handler,

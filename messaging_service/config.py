@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import ssl
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .addresses import parse_address
 
 DEFAULT_ENV_FILE = Path(".env")
+# The password part of a URL's user information: scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@:\s]*:)[^/@\s]*(?=@)")
 
 
 class ConfigError(Exception):
@@ -80,6 +83,14 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+
+    @field_validator("ssl_cafile")
+    @classmethod
+    def _cafile_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            tls_client_context(value)  # raises ValueError naming the problem
+        return value
+
     # None keeps aiokafka's own defaults; tests against the embedded broker lower them.
     session_timeout_ms: int | None = Field(default=None, gt=0)
     heartbeat_interval_ms: int | None = Field(default=None, gt=0)
@@ -121,6 +132,17 @@ class SmtpSettings(BaseSettings):
     # session) open the circuit; while open, the relay is probed every probe_interval seconds.
     circuit_threshold: int = Field(default=3, ge=1, le=1000)
     probe_interval: float = Field(default=2.0, gt=0)
+    # Trust only this CA bundle (PEM) for the relay's certificate instead of the system CAs:
+    # for private relays. There is deliberately no switch to turn verification off; a
+    # self-signed relay certificate is trusted by naming the certificate itself here.
+    ca_file: Path | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            tls_client_context(value)  # raises ValueError naming the problem
+        return value
 
 
 class EmailSettings(BaseSettings):
@@ -142,6 +164,28 @@ class EmailSettings(BaseSettings):
         if 0 < value < 1:
             raise ValueError("give 0 (no limit) or at least 1 email per second")
         return value
+
+    # Limits on untrusted input: a request beyond one is dead-lettered as invalid_payload.
+    max_record_bytes: int = Field(default=1_048_576, ge=1)
+    max_recipients: int = Field(default=50, ge=1)
+    max_data_depth: int = Field(default=10, ge=1, le=100)
+    max_data_bytes: int = Field(default=65_536, ge=2)
+    render_timeout: float = Field(default=1.0, gt=0)
+    # Recipient domains a request may address (to, cc, bcc); empty: any. "example.com" also
+    # admits its subdomains ("eu.example.com"), never look-alikes ("badexample.com").
+    allowed_domains: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("allowed_domains", mode="before")
+    @classmethod
+    def _parse_domains(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _domains_valid(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return normalise_domains(value)
 
     @field_validator("retry_delays", mode="before")
     @classmethod
@@ -243,6 +287,14 @@ def load_settings(env_file: Path | None = DEFAULT_ENV_FILE, **overrides: Any) ->
 
 
 def _check_consistency(settings: Settings) -> None:
+    problems = [*_kafka_security_problems(settings.kafka)]
+    if settings.smtp.ca_file is not None and settings.smtp.security is SmtpSecurity.NONE:
+        problems.append(
+            "SMTP_CA_FILE: is set but SMTP_SECURITY=none, so it would be ignored; "
+            "use starttls or tls"
+        )
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     email = settings.email
     floor = email.worker_count + email.worker_buffer
     if email.max_in_flight < floor:
@@ -250,6 +302,26 @@ def _check_consistency(settings: Settings) -> None:
             "invalid settings:\n  EMAIL_MAX_IN_FLIGHT: must be at least "
             f"EMAIL_WORKER_COUNT + EMAIL_WORKER_BUFFER ({floor}), got {email.max_in_flight}"
         )
+
+
+def _kafka_security_problems(kafka: KafkaSettings) -> list[str]:
+    """Security settings that would be silently ignored, or that aiokafka would refuse late."""
+    sasl = kafka.security_protocol in (
+        KafkaSecurityProtocol.SASL_PLAINTEXT,
+        KafkaSecurityProtocol.SASL_SSL,
+    )
+    tls = kafka.security_protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+    protocol = f"KAFKA_SECURITY_PROTOCOL={kafka.security_protocol.value}"
+    problems = []
+    if sasl and kafka.sasl_mechanism is None:
+        problems.append(f"KAFKA_SASL_MECHANISM: is required with {protocol}")
+    if sasl and (kafka.sasl_username is None or kafka.sasl_password is None):
+        problems.append(f"KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD: are required with {protocol}")
+    if not sasl and kafka.sasl_mechanism is not None:
+        problems.append(f"KAFKA_SASL_MECHANISM: is set but ignored with {protocol}")
+    if not tls and kafka.ssl_cafile is not None:
+        problems.append(f"KAFKA_SSL_CAFILE: is set but ignored with {protocol}")
+    return problems
 
 
 def _describe(cls: type[BaseSettings], exc: ValidationError) -> list[str]:
@@ -298,7 +370,12 @@ def _as_text(value: Any) -> str | None:
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, tuple):
         return ",".join(str(_as_text(item)) for item in value)
-    return str(value)
+    return redact_url_passwords(str(value))
+
+
+def redact_url_passwords(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` masked."""
+    return _URL_PASSWORD.sub(lambda match: match.group("head") + "**********", text)
 
 
 def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -309,12 +386,39 @@ def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
         "request_timeout_ms": kafka.request_timeout_ms,
     }
     if kafka.security_protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL):
-        options["ssl_context"] = ssl.create_default_context(
-            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
-        )
+        options["ssl_context"] = tls_client_context(kafka.ssl_cafile)
     if kafka.sasl_mechanism is not None:
         options["sasl_mechanism"] = kafka.sasl_mechanism.value
         options["sasl_plain_username"] = kafka.sasl_username
         if kafka.sasl_password is not None:
             options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
     return options
+
+
+def tls_client_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A client context that verifies the server's certificate and host name.
+
+    Trusts ``ca_file`` alone when given (a private CA), else the system's CAs. Raises
+    ValueError saying why a CA file cannot be used.
+    """
+    try:
+        return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except FileNotFoundError as exc:
+        raise ValueError(f"{ca_file} does not exist") from exc
+    except OSError as exc:  # unreadable; ssl.SSLError (not PEM certificates) is an OSError too
+        raise ValueError(f"{ca_file} is not a readable PEM CA bundle: {exc}") from exc
+
+
+def normalise_domains(domains: tuple[str, ...]) -> tuple[str, ...]:
+    """Lower-case ASCII (IDNA) domains without a leading '@' or '.' or a trailing '.'."""
+    cleaned = []
+    for domain in domains:
+        name = domain.strip().lstrip("@").strip(".").lower()
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"{domain!r} is not a domain name") from exc
+        if not name or any(c.isspace() or c in "@,;<>" for c in name):
+            raise ValueError(f"{domain!r} is not a domain name (e.g. example.com)")
+        cleaned.append(name)
+    return tuple(dict.fromkeys(cleaned))

@@ -19,6 +19,10 @@ class InvalidPayloadError(PermanentError):
     """The Kafka record is not a valid email request."""
 
 
+class RecipientNotAllowedError(PermanentError):
+    """A recipient's domain is outside EMAIL_ALLOWED_DOMAINS."""
+
+
 class TemplateError(PermanentError):
     """The template is unknown, a variable is missing, or rendering failed."""
 

@@ -18,6 +18,7 @@ from .circuit import CircuitBreaker
 from .errors import (
     DeadLetterUnavailableError,
     InvalidPayloadError,
+    RecipientNotAllowedError,
     ServiceError,
     SmtpRejectedError,
     SmtpTransientError,
@@ -34,7 +35,9 @@ from .models import (
     InboundRecord,
     Outcome,
     OutgoingEmail,
+    RequestLimits,
     Sender,
+    check_recipient_domains,
     guess_request_id,
     parse_request,
 )
@@ -94,6 +97,8 @@ class RequestHandler:
         limiter: SendRateLimiter | None = None,
         dead_letter_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
+        limits: RequestLimits | None = None,
+        allowed_domains: tuple[str, ...] = (),
     ) -> None:
         self._renderer = renderer
         self._builder = builder
@@ -106,6 +111,8 @@ class RequestHandler:
         self._limiter = limiter
         self._backoff = dead_letter_backoff or Backoff()
         self._clock = clock
+        self._limits = limits or RequestLimits()
+        self._allowed_domains = allowed_domains
 
     async def process(self, delivery: Delivery) -> Step:
         """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
@@ -116,6 +123,8 @@ class RequestHandler:
                 delivery.email = self._prepare(delivery)
             except InvalidPayloadError as exc:
                 return await self._dead_letter(delivery, FailureReason.INVALID_PAYLOAD, exc)
+            except RecipientNotAllowedError as exc:
+                return await self._dead_letter(delivery, FailureReason.RECIPIENT_NOT_ALLOWED, exc)
             except TemplateError as exc:
                 return await self._dead_letter(delivery, FailureReason.TEMPLATE_ERROR, exc)
         return await self._attempt(delivery, delivery.email)
@@ -139,13 +148,16 @@ class RequestHandler:
     def _prepare(self, delivery: Delivery) -> OutgoingEmail:
         value = delivery.record.value
         try:
-            request = parse_request(value)
+            request = parse_request(value, self._limits)
         except InvalidPayloadError:
-            delivery.email_id = guess_request_id(value)
+            # An oversized record is not parsed again just to find its id.
+            small = value is not None and len(value) <= self._limits.max_record_bytes
+            delivery.email_id = guess_request_id(value) if small else None
             structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
             raise
         delivery.email_id = request.id
         structlog.contextvars.bind_contextvars(email_id=request.id)
+        check_recipient_domains(request, self._allowed_domains)
         return self._builder.build(request, self._renderer.render(request))
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:

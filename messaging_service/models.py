@@ -15,12 +15,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import to_json
 
 from .addresses import Address, parse_address
-from .errors import InvalidPayloadError
+from .errors import InvalidPayloadError, RecipientNotAllowedError
 
 MAX_RECIPIENTS = 50
 MAX_ID_LENGTH = 200
@@ -43,6 +45,23 @@ class FailureReason(enum.StrEnum):
     TEMPLATE_ERROR = "template_error"
     SMTP_REJECTED = "smtp_rejected"
     RETRIES_EXHAUSTED = "retries_exhausted"
+    RECIPIENT_NOT_ALLOWED = "recipient_not_allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds on untrusted input; each names the setting that sets it in its error."""
+
+    max_record_bytes: int = 1_048_576
+    max_recipients: int = MAX_RECIPIENTS
+    max_data_depth: int = 10
+    max_data_bytes: int = 65_536
+
+
+def _limits(info: ValidationInfo) -> RequestLimits:
+    context = info.context
+    limits = context.get("limits") if isinstance(context, dict) else None
+    return limits if isinstance(limits, RequestLimits) else RequestLimits()
 
 
 def _address(value: Any) -> Address:
@@ -90,6 +109,35 @@ class EmailRequest(BaseModel):
             raise ValueError("id must be printable ASCII (no line breaks or control characters)")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recipient_count(cls, value: Any, info: ValidationInfo) -> Any:
+        # Counted before any address is parsed, so a flood of addresses costs nothing.
+        if isinstance(value, dict):
+            limit = _limits(info).max_recipients
+            total = sum(_count(value.get(name)) for name in ("to", "cc", "bcc"))
+            if total > limit:
+                raise ValueError(
+                    f"at most {limit} recipients in to, cc and bcc "
+                    f"(EMAIL_MAX_RECIPIENTS); got {total}"
+                )
+        return value
+
+    @field_validator("data")
+    @classmethod
+    def _data_bounded(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        limits = _limits(info)
+        if _deeper_than(value, limits.max_data_depth):
+            raise ValueError(
+                f"nested deeper than {limits.max_data_depth} levels (EMAIL_MAX_DATA_DEPTH)"
+            )
+        size = len(to_json(value))
+        if size > limits.max_data_bytes:
+            raise ValueError(
+                f"is {size} bytes as JSON, more than {limits.max_data_bytes} (EMAIL_MAX_DATA_BYTES)"
+            )
+        return value
+
     @field_validator("subject")
     @classmethod
     def _subject_single_line(cls, value: str | None) -> str | None:
@@ -102,9 +150,6 @@ class EmailRequest(BaseModel):
                 raise ValueError("subject is required when no template is given")
             if self.text is None and self.html is None:
                 raise ValueError("text or html is required when no template is given")
-        total = len(self.to) + len(self.cc) + len(self.bcc)
-        if total > MAX_RECIPIENTS:
-            raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc; got {total}")
         return self
 
     @property
@@ -116,14 +161,67 @@ class EmailRequest(BaseModel):
         return list(seen)
 
 
-def parse_request(value: bytes | None) -> EmailRequest:
+def _count(value: Any) -> int:
+    if isinstance(value, str):
+        return 1
+    return len(value) if isinstance(value, list) else 0
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels (``data`` itself is level 1)."""
+    level: list[Any] = [data]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def parse_request(value: bytes | None, limits: RequestLimits | None = None) -> EmailRequest:
     """Decode and validate a record value; raise InvalidPayloadError saying what is wrong."""
+    limits = limits or RequestLimits()
     if value is None:
         raise InvalidPayloadError("record has no value")
+    if len(value) > limits.max_record_bytes:
+        raise InvalidPayloadError(
+            f"record is {len(value)} bytes, more than {limits.max_record_bytes} "
+            "(EMAIL_MAX_RECORD_BYTES)"
+        )
     try:
-        return EmailRequest.model_validate_json(value)
+        return EmailRequest.model_validate_json(value, context={"limits": limits})
     except ValidationError as exc:
         raise InvalidPayloadError(_summarise(exc)) from exc
+
+
+def check_recipient_domains(request: EmailRequest, allowed: tuple[str, ...]) -> None:
+    """Raise RecipientNotAllowedError naming every to/cc/bcc address outside ``allowed``.
+
+    ``allowed`` holds lower-case ASCII domains; an empty tuple allows every domain. A domain
+    admits itself and its subdomains: ``example.com`` admits ``eu.example.com``, never
+    ``badexample.com``.
+    """
+    if not allowed:
+        return
+    refused = [
+        address.addr_spec
+        for address in (*request.to, *request.cc, *request.bcc)
+        if not domain_allowed(address.domain, allowed)
+    ]
+    if refused:
+        shown = ", ".join(refused[:3]) + (
+            f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+        )
+        raise RecipientNotAllowedError(f"recipient domain not in EMAIL_ALLOWED_DOMAINS: {shown}")
+
+
+def domain_allowed(domain: str, allowed: tuple[str, ...]) -> bool:
+    domain = domain.lower().rstrip(".")
+    return any(domain == name or domain.endswith("." + name) for name in allowed)
 
 
 def guess_request_id(value: bytes | None) -> str | None:
@@ -132,7 +230,7 @@ def guess_request_id(value: bytes | None) -> str | None:
         return None
     try:
         document = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting
         return None
     candidate = document.get("id") if isinstance(document, dict) else None
     if isinstance(candidate, str) and _ID_PATTERN.fullmatch(candidate[:MAX_ID_LENGTH]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from types import TracebackType
 
 import aiosmtplib
 
-from .config import SmtpSecurity, SmtpSettings
+from .config import SmtpSecurity, SmtpSettings, tls_client_context
 from .errors import SmtpError, SmtpRejectedError, SmtpTransientError, SmtpUnavailableError
 from .models import OutgoingEmail, RecipientRefusal, SendReport
 
@@ -48,6 +49,11 @@ class SmtpSender:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._settings = settings
+        # Built once, not per connection (aiosmtplib would build one per connect in a thread,
+        # reading the CA bundle each time); verification is always on.
+        self._tls: ssl.SSLContext | None = (
+            None if settings.security is SmtpSecurity.NONE else tls_client_context(settings.ca_file)
+        )
         self._max_idle = max_idle
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # LIFO: warmest on top
@@ -173,6 +179,7 @@ class SmtpSender:
             use_tls=settings.security is SmtpSecurity.TLS,
             start_tls=settings.security is SmtpSecurity.STARTTLS,
             validate_certs=True,
+            tls_context=self._tls,
         )
         try:
             await client.connect()
@@ -236,10 +243,29 @@ def _translate(exc: Exception) -> SmtpError:
         return _all_refused(exc.recipients)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return _by_code(exc.code, f"SMTP relay replied {exc.code} {exc.message}")
+    untrusted = _certificate_error(exc)
+    if untrusted is not None:
+        return SmtpTransientError(
+            "SMTP relay's TLS certificate is not trusted: certificate verify failed: "
+            f"{untrusted.verify_message or _describe(untrusted)} "
+            "(check SMTP_HOST against the certificate and SMTP_CA_FILE)"
+        )
     if isinstance(exc, _TRANSPORT_ERRORS):
         return SmtpUnavailableError(f"SMTP relay unreachable: {_describe(exc)}")
     # Anything else is the relay lacking what the settings demand (STARTTLS, AUTH, ...).
     return SmtpRejectedError(f"SMTP relay cannot be used as configured: {_describe(exc)}")
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The failed certificate check behind ``exc`` (aiosmtplib may wrap it), if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _by_code(code: int, text: str) -> SmtpError:

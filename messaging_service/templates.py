@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextvars
+import math
 import re
+import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from jinja2 import DictLoader, StrictUndefined, Template, TemplateSyntaxError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import TemplateError
+from .errors import InvalidPayloadError, TemplateError
 from .models import EmailRequest, RenderedEmail
 
 BUILTIN_DIR = Path(__file__).parent / "templates"
@@ -23,6 +27,82 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,99}")
 # A price with more digits than this is shown as given, so a hostile string such as "1e999999"
 # can never make the formatter build a huge number.
 _MAX_PRICE_DIGITS = 30
+# Most items (characters, list items) one '*' may build, and most bits one '**' may build:
+# so data such as {"n": 1e12} cannot make "=" * n or 10 ** n allocate without bound.
+_MAX_REPEAT = 1_000_000
+_MAX_POWER_BITS = 100_000
+DEFAULT_RENDER_TIMEOUT = 1.0
+
+# The monotonic deadline of the render running in this context (inf: none running).
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "render_deadline", default=math.inf
+)
+
+
+class _RenderLimitError(Exception):
+    """A render ran past its deadline or tried to build something huge (raised in hooks)."""
+
+
+def _check_deadline() -> None:
+    if time.monotonic() > _deadline.get():
+        raise _RenderLimitError("rendering took longer than EMAIL_RENDER_TIMEOUT")
+
+
+class _GuardedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with the render deadline checked wherever a template touches data.
+
+    Rendering is synchronous and cannot be interrupted from outside without killing the
+    process, so the template interrupts itself: every attribute or item lookup, call, output
+    expression (``finalize``) and arithmetic operator checks the deadline. Loops are bounded
+    too, since a loop body that does anything with its data passes one of these points.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _check_deadline()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _check_deadline()
+        return super().getitem(obj, argument)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _check_deadline()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _check_deadline()
+        _check_size(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+def _check_size(operator: str, left: Any, right: Any) -> None:
+    if operator == "*":
+        for seq, count in ((left, right), (right, left)):
+            repeat = isinstance(seq, str | list | tuple) and isinstance(count, int)
+            if repeat and len(seq) * count > _MAX_REPEAT:
+                raise _RenderLimitError(
+                    f"'*' would build {len(seq) * count} items, more than {_MAX_REPEAT}"
+                )
+        both_ints = _is_int(left) and _is_int(right)
+        if both_ints and left.bit_length() + right.bit_length() > _MAX_POWER_BITS:
+            raise _RenderLimitError(f"'*' would build a number over {_MAX_POWER_BITS} bits")
+    elif operator == "**" and _is_int(left) and _is_int(right) and _huge_power(left, right):
+        raise _RenderLimitError(f"'**' would build a number over {_MAX_POWER_BITS} bits")
+
+
+def _huge_power(base: int, exponent: int) -> bool:
+    return exponent > 0 and abs(base) > 1 and base.bit_length() * exponent > _MAX_POWER_BITS
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finalize(value: Any) -> Any:
+    _check_deadline()
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +122,18 @@ class TemplateRenderer:
     but never sent on their own; an extra partial replaces a built-in one of the same file name.
     """
 
-    def __init__(self, extra_dir: Path | None = None) -> None:
+    def __init__(
+        self, extra_dir: Path | None = None, *, render_timeout: float = DEFAULT_RENDER_TIMEOUT
+    ) -> None:
+        self._render_timeout = render_timeout
         sources = _read_dir(BUILTIN_DIR)
         if extra_dir is not None:
             extra = _read_dir(extra_dir)
             replaced = {_split(name)[0] for name in extra}
             sources = {n: s for n, s in sources.items() if _split(n)[0] not in replaced}
             sources.update(extra)
-        self._env = ImmutableSandboxedEnvironment(
+        self._env = _GuardedSandbox(
+            finalize=_finalize,
             loader=DictLoader({name: source for name, (source, _) in sources.items()}),
             undefined=StrictUndefined,
             autoescape=_is_html,
@@ -70,7 +154,24 @@ class TemplateRenderer:
         return frozenset(self._templates)
 
     def render(self, request: EmailRequest) -> RenderedEmail:
-        """Subject and bodies for ``request``; raise TemplateError saying what went wrong."""
+        """Subject and bodies for ``request``; raise TemplateError saying what went wrong.
+
+        Raises InvalidPayloadError when the request's data makes rendering exceed a limit
+        (the render timeout, or a huge '*' or '**'): the data is at fault, not the template.
+        """
+        token = _deadline.set(time.monotonic() + self._render_timeout)
+        try:
+            return self._render_parts(request)
+        except _RenderLimitError as exc:
+            raise InvalidPayloadError(
+                f"template {request.template!r}: {exc} ({self._render_timeout:g} s)"
+                if "EMAIL_RENDER_TIMEOUT" in str(exc)
+                else f"template {request.template!r}: {exc}"
+            ) from exc
+        finally:
+            _deadline.reset(token)
+
+    def _render_parts(self, request: EmailRequest) -> RenderedEmail:
         if request.template is None:
             assert request.subject is not None  # EmailRequest guarantees it without a template
             return RenderedEmail(subject=request.subject, text=request.text, html=request.html)
@@ -121,6 +222,8 @@ def money(value: Any) -> str:
 def _render(name: str, part: str, template: Template, data: dict[str, Any]) -> str:
     try:
         return template.render(data)
+    except _RenderLimitError:
+        raise
     # Templates run on request data we do not control: besides jinja's own errors (undefined
     # variable, sandbox violation) any exception a filter or operator raises on odd values
     # (TypeError, ValueError, ZeroDivisionError, ...) is a fault of this request, so every one

@@ -255,6 +255,8 @@ async def test_http_endpoints_report_health_readiness_and_metrics(
     await produce(broker.bootstrap, topics.requests, [request_payload("one")])
     async with in_process(settings_for(broker.bootstrap, topics, relay.port)) as service:
         await relay.wait_for_messages(1, within=30)
+        # The relay records the message before its 250 reaches the service.
+        await wait_for(lambda: service.metric("email_sent_total") == 1, 15, message="counted")
         status, body = await service.get("/healthz")
         assert status == 200
         assert json.loads(body)["status"] == "ok"

@@ -143,9 +143,11 @@ async def in_process(settings: Settings) -> AsyncIterator[InProcessService]:
 class ServiceProcess:
     """``python -m messaging_service run`` as a child process, logs captured to a file."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, *, env: Mapping[str, str] | None = None
+    ) -> None:
         self.http_port = free_port()
-        self._env = environment_for(settings, http_port=self.http_port)
+        self._env = {**environment_for(settings, http_port=self.http_port), **(env or {})}
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 

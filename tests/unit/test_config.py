@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
 
 from messaging_service.config import (
     ConfigError,
     KafkaSecurityProtocol,
+    KafkaSettings,
     SaslMechanism,
     SmtpSecurity,
     kafka_client_options,
     load_settings,
 )
+from messaging_service.consumer import KafkaRequestConsumer
+from messaging_service.publish import Publisher
 
 _VARIABLES = (
     "KAFKA_BOOTSTRAP_SERVERS",
@@ -132,3 +138,131 @@ def test_sasl_and_ssl_reach_the_kafka_client_options() -> None:
     assert options["sasl_plain_username"] == "svc"
     assert options["sasl_plain_password"] == "s3cret"
     assert options["ssl_context"] is not None
+
+
+# Kafka security options, as the real aiokafka clients hold them (constructed, never started).
+
+
+def _secured_kafka(tmp_path: Path, **overrides: Any) -> KafkaSettings:
+    ca = trustme.CA()
+    ca_file = tmp_path / "kafka-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    values: dict[str, Any] = {
+        "security_protocol": KafkaSecurityProtocol.SASL_SSL,
+        "sasl_mechanism": SaslMechanism.SCRAM_SHA_256,
+        "sasl_username": "svc",
+        "sasl_password": "kafka-secret-9d2c",
+        "ssl_cafile": ca_file,
+    }
+    values.update(overrides)
+    return load_settings(env_file=None, kafka=values).kafka
+
+
+def _client_of(adapter: Any) -> Any:
+    """The AIOKafkaClient inside a service adapter (private attributes; no public accessor)."""
+    if isinstance(adapter, KafkaRequestConsumer):
+        return adapter._consumer._client
+    assert isinstance(adapter, Publisher)
+    return adapter._producer.client
+
+
+@pytest.mark.parametrize("adapter", ["consumer", "producer"])
+async def test_sasl_ssl_settings_reach_the_aiokafka_clients(tmp_path: Path, adapter: str) -> None:
+    kafka = _secured_kafka(tmp_path)
+    built: Any = (
+        KafkaRequestConsumer(kafka, on_assigned=_ignore, on_revoked=_ignore)
+        if adapter == "consumer"
+        else Publisher(kafka, client_id="test")
+    )
+    client = _client_of(built)
+
+    assert client._security_protocol == "SASL_SSL"
+    assert client._sasl_mechanism == "SCRAM-SHA-256"
+    assert client._sasl_plain_username == "svc"
+    assert client._sasl_plain_password == "kafka-secret-9d2c"
+    context = client._ssl_context
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    # Only the configured CA is trusted, not the system's.
+    [trusted] = context.get_ca_certs()
+    assert dict(item[0] for item in trusted["subject"])["organizationName"].startswith("trustme")
+    assert "kafka-secret-9d2c" not in repr(kafka)
+    await _dispose(built)
+
+
+async def test_plaintext_clients_have_no_tls_or_sasl() -> None:
+    kafka = load_settings(env_file=None).kafka
+    publisher = Publisher(kafka, client_id="test")
+    client = _client_of(publisher)
+    assert client._security_protocol == "PLAINTEXT"
+    assert client._ssl_context is None
+    assert client._sasl_plain_password is None
+    await _dispose(publisher)
+
+
+async def test_ssl_without_a_ca_file_verifies_against_the_system_cas() -> None:
+    kafka = load_settings(env_file=None, kafka={"security_protocol": "SSL"}).kafka
+    publisher = Publisher(kafka, client_id="test")
+    context = _client_of(publisher)._ssl_context
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    await _dispose(publisher)
+
+
+@pytest.mark.parametrize(
+    ("kafka", "variable"),
+    [
+        (
+            {"security_protocol": "SASL_SSL", "sasl_username": "u", "sasl_password": "p"},
+            "KAFKA_SASL_MECHANISM",
+        ),
+        ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"}, "KAFKA_SASL_USERNAME"),
+        (
+            {"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p"},
+            "KAFKA_SASL_MECHANISM",
+        ),
+        ({"ssl_cafile": __file__}, "KAFKA_SSL_CAFILE"),
+    ],
+)
+def test_kafka_security_settings_that_would_be_ignored_are_refused(
+    kafka: dict[str, Any], variable: str
+) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(env_file=None, kafka=kafka)
+
+
+@pytest.mark.parametrize("section", ["kafka", "smtp"])
+def test_a_ca_file_that_is_missing_or_not_pem_is_refused_at_start(
+    tmp_path: Path, section: str
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    field = "ssl_cafile" if section == "kafka" else "ca_file"
+    variable = "KAFKA_SSL_CAFILE" if section == "kafka" else "SMTP_CA_FILE"
+    for path, problem in (
+        (tmp_path / "missing.pem", "does not exist"),
+        (garbage, "not a readable PEM"),
+    ):
+        with pytest.raises(ConfigError, match=f"{variable}: .*{problem}"):
+            load_settings(env_file=None, **{section: {field: path}})
+
+
+def test_smtp_ca_file_without_tls_is_refused(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    with pytest.raises(ConfigError, match="SMTP_CA_FILE: is set but SMTP_SECURITY=none"):
+        load_settings(env_file=None, smtp={"ca_file": ca_file})
+    settings = load_settings(env_file=None, smtp={"ca_file": ca_file, "security": "starttls"})
+    assert settings.smtp.ca_file == ca_file
+
+
+async def _ignore(partitions: Any) -> None:
+    return None
+
+
+async def _dispose(adapter: Any) -> None:
+    """Stop the never-started aiokafka object, so it does not warn when collected."""
+    inner = adapter._consumer if isinstance(adapter, KafkaRequestConsumer) else adapter._producer
+    await inner.stop()
