@@ -29,6 +29,7 @@ from .retry import RetryPolicy
 from .scheduler import DelayQueue
 from .smtp import SmtpSender
 from .templates import TemplateRenderer
+from .watchdog import Watchdog
 
 log = structlog.get_logger(__name__)
 
@@ -60,11 +61,18 @@ async def run_service(
     builder = MessageBuilder(settings.email.sender)
     tracker = OffsetTracker()
     email = settings.email
+    watchdog = Watchdog(settings.runtime.watchdog_timeout)
+
+    def stalled() -> float:
+        return watchdog.stalled(waiting=tracker.waiting > 0, excused=health.circuit_open)
+
+    def live() -> bool:
+        return watchdog.alive(waiting=tracker.waiting > 0, excused=health.circuit_open)
 
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             HttpServer(
-                build_app(registry, health, live=lambda: True),
+                build_app(registry, health, live=live),
                 host=settings.http.host,
                 port=settings.http.port,
             )
@@ -98,7 +106,9 @@ async def run_service(
                 commit_interval=settings.kafka.commit_interval_ms / 1000,
                 shutdown_timeout=settings.runtime.shutdown_timeout,
                 refill=max(1, email.worker_buffer // 2),
+                revocation_timeout=settings.kafka.revocation_timeout,
             ),
+            watchdog=watchdog,
         )
         metrics.watch(
             LiveState(
@@ -108,6 +118,7 @@ async def run_service(
                 uncommitted_finished=lambda: tracker.finished_uncommitted,
                 assigned_partitions=lambda: len(tracker.partitions()),
                 health=health.readiness,
+                stalled_seconds=stalled,
             )
         )
         await stack.enter_async_context(_background(lambda: _probe_smtp(sender, health)))
