@@ -188,7 +188,7 @@ class EmbeddedBroker:
             return
         if process.poll() is None:
             # Not SIGTERM: on SIGTERM Tansu waits for every client to hang up, while on SIGINT
-            # it exits at once. Memory storage: there is nothing to flush.
+            # it exits at once. Storage is written per request: there is nothing to flush.
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=self._stop_timeout)
