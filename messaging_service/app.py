@@ -33,6 +33,7 @@ from .scheduler import DelayQueue
 from .smtp import SmtpSender
 from .templates import TemplateRenderer
 from .throttle import AdaptiveRate
+from .watchdog import Watchdog
 
 log = structlog.get_logger(__name__)
 
@@ -69,11 +70,18 @@ async def run_service(
     circuit = CircuitBreaker(threshold=min(settings.smtp.circuit_threshold, email.max_retries + 1))
     circuit.subscribe(lambda state: _circuit_changed(state, health, settings.smtp.probe_interval))
     limiter = SendRateLimiter(AdaptiveRate(email.rate_limit or None))
+    watchdog = Watchdog(settings.runtime.watchdog_timeout)
+
+    def stalled() -> float:
+        return watchdog.stalled(waiting=tracker.waiting > 0, excused=health.circuit_open)
+
+    def live() -> bool:
+        return watchdog.alive(waiting=tracker.waiting > 0, excused=health.circuit_open)
 
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             HttpServer(
-                build_app(registry, health, live=lambda: True),
+                build_app(registry, health, live=live),
                 host=settings.http.host,
                 port=settings.http.port,
             )
@@ -116,8 +124,10 @@ async def run_service(
                 commit_interval=settings.kafka.commit_interval_ms / 1000,
                 shutdown_timeout=settings.runtime.shutdown_timeout,
                 refill=max(1, email.worker_buffer // 2),
+                revocation_timeout=settings.kafka.revocation_timeout,
             ),
             circuit=circuit,
+            watchdog=watchdog,
         )
         metrics.watch(
             LiveState(
@@ -131,6 +141,7 @@ async def run_service(
                 circuit_opened=lambda: circuit.opened_count,
                 parked=lambda: pipeline.parked,
                 rate_limit=limiter.allowed,
+                stalled_seconds=stalled,
             )
         )
         await stack.enter_async_context(

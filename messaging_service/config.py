@@ -16,6 +16,8 @@ from .addresses import parse_address
 DEFAULT_ENV_FILE = Path(".env")
 # The password part of a URL's user information: scheme://user:PASSWORD@host
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@:\s]*:)[^/@\s]*(?=@)")
+# aiokafka's session timeout, which is also its rebalance timeout when none is set.
+_AIOKAFKA_SESSION_TIMEOUT_MS = 10_000
 
 
 class ConfigError(Exception):
@@ -97,6 +99,10 @@ class KafkaSettings(BaseSettings):
     max_poll_interval_ms: int | None = Field(default=None, gt=0)
     rebalance_timeout_ms: int | None = Field(default=None, gt=0)
     commit_interval_ms: int = Field(default=1000, gt=0)
+    # How long a revocation waits for the queued and running requests of the partitions it
+    # takes away before committing and letting go (0: commit what is finished, drop the rest).
+    # Capped at half the rebalance timeout: see revocation_timeout.
+    revocation_timeout_ms: int = Field(default=5000, ge=0)
     request_timeout_ms: int = Field(default=30_000, gt=0)
     # Fetch buffers are most of the memory with a backlog waiting: aiokafka's defaults (50 MiB
     # per fetch, 1 MiB per partition) are sized for throughput of tiny records, not for this.
@@ -117,6 +123,18 @@ class KafkaSettings(BaseSettings):
     @property
     def bootstrap_list(self) -> list[str]:
         return self.bootstrap_servers.split(",")
+
+    @property
+    def revocation_timeout(self) -> float:
+        """Seconds a revocation may wait, at most half the group's rebalance timeout.
+
+        The member must rejoin within the rebalance timeout or the group goes on without it,
+        and its commit after the wait would then be refused.
+        """
+        rebalance = (
+            self.rebalance_timeout_ms or self.session_timeout_ms or _AIOKAFKA_SESSION_TIMEOUT_MS
+        )
+        return min(self.revocation_timeout_ms, rebalance // 2) / 1000
 
 
 class SmtpSettings(BaseSettings):
@@ -243,6 +261,8 @@ class RuntimeSettings(BaseSettings):
     model_config = _section("")
 
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    # Liveness: /healthz fails once requests have waited this long with none finishing (0: off).
+    watchdog_timeout: float = Field(default=300.0, ge=0)
 
 
 class Settings(BaseModel):

@@ -129,7 +129,11 @@ class EmbeddedBroker:
         port: int | None = None,
         start_timeout: float = 20.0,
         stop_timeout: float = 5.0,
+        storage_engine: str = "memory://tansu/",
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        # Another storage_engine (e.g. s3://bucket/ with the AWS_* variables of an S3 server
+        # in environment) keeps topics and offsets across a restart.
         self._log_dir = log_dir  # None: a temporary directory, made on start, removed on close
         self._own_log_dir = log_dir is None
         self._port = port
@@ -138,6 +142,8 @@ class EmbeddedBroker:
         self._stop_timeout = stop_timeout
         self._cluster_id = f"embedded-{uuid.uuid4().hex[:12]}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._storage_engine = storage_engine
+        self._environment = dict(environment or {})
 
     @property
     def log_path(self) -> Path | None:
@@ -182,7 +188,7 @@ class EmbeddedBroker:
             return
         if process.poll() is None:
             # Not SIGTERM: on SIGTERM Tansu waits for every client to hang up, while on SIGINT
-            # it exits at once. Memory storage: there is nothing to flush.
+            # it exits at once. Storage is written per request: there is nothing to flush.
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=self._stop_timeout)
@@ -237,7 +243,7 @@ class EmbeddedBroker:
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            self._storage_engine,
         ]
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="tansu-"))
@@ -250,7 +256,7 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "NO_COLOR": "1"},
+                env={**os.environ, **self._environment, "NO_COLOR": "1"},
                 start_new_session=True,
                 preexec_fn=_die_with_parent if _can_die_with_parent() else None,
             )

@@ -14,6 +14,8 @@ class Health:
     smtp_reachable: bool = False
     dead_letter_sink_ok: bool = True
     draining: bool = False
+    # Set while consumption is paused on purpose for a relay outage (the circuit breaker):
+    # nothing finishes then, and the liveness watchdog must not call that stuck.
     circuit_open: bool = False
     started_at: float = field(default_factory=time.monotonic)
 

@@ -33,6 +33,8 @@ class LiveState:
     circuit_opened: Callable[[], int] = lambda: 0
     parked: Callable[[], int] = lambda: 0
     rate_limit: Callable[[], float | None] = lambda: None
+    stalled_seconds: Callable[[], float] = lambda: 0.0
+    """seconds requests have waited with none finishing (the liveness watchdog's measure)"""
 
 
 class Metrics:
@@ -81,6 +83,20 @@ class Metrics:
         )
         self.commit_failures = Counter(
             _PREFIX + "offset_commit_failures", "Offset commits that failed.", registry=registry
+        )
+        self.revocations = Counter(
+            _PREFIX + "partition_revocations",
+            "Revocations of partitions, by whether their queued and running requests finished "
+            "within KAFKA_REVOCATION_TIMEOUT_MS (complete) or not (timed_out).",
+            ["result"],
+            registry=registry,
+        )
+        self.revoked_released = Counter(
+            _PREFIX + "revoked_requests_released",
+            "Unfinished requests of revoked partitions left to the new owner, by state "
+            "(retry_waiting, or unfinished when the revocation timed out).",
+            ["state"],
+            registry=registry,
         )
         self.unexpected_errors = Counter(
             _PREFIX + "unexpected_errors",
@@ -153,6 +169,12 @@ class _LiveCollector(Collector):
             "send_rate_limit",
             "Emails per second the service allows itself now (+Inf: no limit); cut on throttling.",
             math.inf if rate is None else rate,
+        )
+        yield _gauge(
+            "seconds_since_progress",
+            "Seconds requests have waited for a worker with none finishing (0 when none waits "
+            "or the circuit is open); /healthz fails past WATCHDOG_TIMEOUT.",
+            self._state.stalled_seconds(),
         )
         for field in ("completed", "failed", "panicked"):
             counter = CounterMetricFamily(

@@ -30,6 +30,7 @@ class PartitionOffsets:
         "_finished",
         "_first",
         "_last",
+        "_parked",
         "_passed",
         "_unfinished",
         "_window",
@@ -50,6 +51,8 @@ class PartitionOffsets:
         self._first: int | None = None
         self._last: int | None = None
         self._committed: int | None = None
+        # Unfinished offsets whose work waits for a timer (a retry), not for a worker.
+        self._parked = 0
 
     def __repr__(self) -> str:
         return (
@@ -130,6 +133,28 @@ class PartitionOffsets:
         return len(self._unfinished)
 
     @property
+    def parked(self) -> int:
+        """Unfinished offsets waiting for a timer (see park())."""
+        return self._parked
+
+    @property
+    def waiting(self) -> int:
+        """Unfinished offsets queued or being worked on: pending less parked."""
+        return len(self._unfinished) - self._parked
+
+    def park(self) -> None:
+        """Note that one unfinished offset now waits for a timer (its retry), not a worker."""
+        if self._parked >= len(self._unfinished):
+            raise ValueError("cannot park more offsets than are unfinished")
+        self._parked += 1
+
+    def unpark(self) -> None:
+        """Note that a parked offset's timer fired: its work waits for a worker again."""
+        if self._parked == 0:
+            raise ValueError("no parked offset to unpark")
+        self._parked -= 1
+
+    @property
     def finished_uncommitted(self) -> int:
         """Finished offsets at or past the last committed offset."""
         committed = self._committed
@@ -207,9 +232,18 @@ class OffsetTracker:
         return sum(state.pending for state in self._partitions.values())
 
     @property
+    def waiting(self) -> int:
+        """Unfinished offsets not parked for a timer, over every assigned partition."""
+        return sum(state.waiting for state in self._partitions.values())
+
+    @property
     def finished_uncommitted(self) -> int:
         """Finished offsets not committed yet, over every assigned partition."""
         return sum(state.finished_uncommitted for state in self._partitions.values())
+
+    def states(self) -> list[PartitionOffsets]:
+        """The current generation of every assigned partition."""
+        return list(self._partitions.values())
 
     def partitions(self) -> list[TopicPartition]:
         """The assigned partitions, in the order they were assigned."""

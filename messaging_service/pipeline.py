@@ -26,6 +26,7 @@ from .offsets import OffsetTracker, PartitionOffsets, TopicPartition
 from .pool import CURRENT_WORKER, Job, JobStatus, WorkerPool
 from .retry import Backoff
 from .scheduler import DelayQueue
+from .watchdog import Watchdog
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,8 @@ class PipelineSettings:
     shutdown_timeout: float
     refill: int = 1
     """Once paused for lack of room, how much room must free up before fetching again."""
+    revocation_timeout: float = 0.0
+    """How long a revocation waits for queued and running requests of the revoked partitions."""
 
 
 class Pipeline:
@@ -66,6 +69,7 @@ class Pipeline:
         health: Health,
         settings: PipelineSettings,
         circuit: CircuitBreaker | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self._handler = handler
         self._pool = pool
@@ -84,9 +88,13 @@ class Pipeline:
         self._parked: list[Job] = []
         if circuit is not None:
             circuit.subscribe(self._on_circuit)
+        self._watchdog = watchdog if watchdog is not None else Watchdog(0)
+        # Generations being revoked: their new records are not admitted while they finish.
+        self._revoking: set[PartitionOffsets] = set()
 
     @property
     def parked(self) -> int:
+        """Requests held because the relay circuit is open."""
         return len(self._parked)
 
     async def run(self, source: RequestSource, stop: asyncio.Event) -> None:
@@ -95,6 +103,7 @@ class Pipeline:
         next_commit = time.monotonic() + self._settings.commit_interval
         failures = 0
         while not stop.is_set():
+            self._watch()
             try:
                 await self._admit(source)
                 failures = 0
@@ -114,13 +123,58 @@ class Pipeline:
         log.info("partitions_assigned", partitions=_names(partitions))
 
     async def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Commit what is finished on the partitions we lose; their pending work is redelivered."""
+        """Finish the queued and running work of the partitions we lose, commit, let go.
+
+        The wait is bounded by the revocation timeout; requests waiting for a retry, and any
+        still unfinished when the bound passes, are left to the new owner (it reads them again
+        from the commit point). Their jobs then find their generation revoked and stop.
+        """
         if not partitions:
             return  # aiokafka reports an empty revocation before the first assignment
+        lost_tps = set(partitions)
+        states = [state for state in self._tracker.states() if state.tp in lost_tps]
+        timed_out = await self._finish_revoked(states)
         await self.commit()
         lost = self._tracker.revoke(partitions)
-        pending = sum(state.pending for state in lost.values())
-        log.info("partitions_revoked", partitions=_names(partitions), pending=pending)
+        retry_waiting = sum(state.parked for state in lost.values())
+        unfinished = sum(state.waiting for state in lost.values())
+        self._metrics.revocations.labels("timed_out" if timed_out else "complete").inc()
+        self._metrics.revoked_released.labels("retry_waiting").inc(retry_waiting)
+        self._metrics.revoked_released.labels("unfinished").inc(unfinished)
+        log.info(
+            "partitions_revoked",
+            partitions=_names(partitions),
+            released_retry_waiting=retry_waiting,
+            released_unfinished=unfinished,
+        )
+
+    async def _finish_revoked(self, states: list[PartitionOffsets]) -> bool:
+        """Wait until no request of ``states`` is queued or running; True if the bound passed."""
+        timeout = self._settings.revocation_timeout
+
+        def waiting() -> int:
+            return sum(state.waiting for state in states)
+
+        if timeout <= 0 or waiting() == 0:
+            return waiting() > 0
+        self._revoking.update(states)
+        log.info("revocation_finishing", waiting=waiting(), timeout=timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                # Cleared before looking, with no await in between: a finish is never missed.
+                self._progress.clear()
+                left = waiting()
+                now = time.monotonic()
+                if left == 0 or now >= deadline:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), deadline - now)
+        finally:
+            self._revoking.difference_update(states)
+        if left:
+            log.warning("revocation_timed_out", unfinished=left, timeout=timeout)
+        return left > 0
 
     async def commit(self) -> None:
         """Commit every partition whose safe point moved; failures are retried next time."""
@@ -183,6 +237,10 @@ class Pipeline:
                 state = self._tracker.get(TopicPartition(record.topic, record.partition))
             except KeyError:
                 continue  # revoked while the batch was in flight; the new owner reads it
+            if state in self._revoking:
+                continue  # being revoked: finish what we hold, the new owner reads the rest
+            if not admitted:
+                self._watch()  # the stall clock starts now if nothing was waiting before
             state.track(record.offset)
             admitted.append((Delivery(record), state))
         self._metrics.consumed.inc(len(admitted))
@@ -192,9 +250,17 @@ class Pipeline:
 
     def _job(self, delivery: Delivery, state: PartitionOffsets) -> Job:
         record = delivery.record
+        parked = False
 
         async def job() -> JobStatus:
+            nonlocal parked
             self._progress.set()
+            if parked:
+                # Its retry is due: it waits for a worker again (the stall clock starts now
+                # if nothing else was waiting).
+                self._watch()
+                state.unpark()
+                parked = False
             if state.revoked:
                 # The partition has a new owner, which reads this record again from the last
                 # commit: sending it here too would only add a duplicate.
@@ -209,11 +275,18 @@ class Pipeline:
                 step = await self._step(delivery)
             if isinstance(step, RetryIn):
                 self._delays.schedule(step.seconds, job)
+                state.park()
+                parked = True
                 return JobStatus.OK
             if isinstance(step, Parked):
+                # It waits for the circuit to close, not for a worker: a revocation does not
+                # wait for it, and the watchdog does not count it.
                 self._park(job)
+                state.park()
+                parked = True
                 return JobStatus.OK
             state.finish(record.offset)
+            self._watchdog.progress()
             self._progress.set()
             return JobStatus.OK if step.outcome is Outcome.SENT else JobStatus.FAILED
 
@@ -231,6 +304,12 @@ class Pipeline:
         except Exception as exc:  # the task boundary: every request must reach an outcome
             return await self._handler.recover(delivery, exc)
 
+    def _watch(self) -> float:
+        """Show the watchdog what waits now; returns the seconds stalled."""
+        return self._watchdog.stalled(
+            waiting=self._tracker.waiting > 0, excused=self._health.circuit_open
+        )
+
     async def _drain(self, source: RequestSource) -> None:
         self._health.draining = True
         source.pause_all()
@@ -240,7 +319,7 @@ class Pipeline:
         deadline = now + self._settings.shutdown_timeout
         next_commit = now + self._settings.commit_interval
         while self._tracker.pending > 0 and (now := time.monotonic()) < deadline:
-            if self._tracker.pending == len(self._parked):
+            if self._circuit is not None and self._circuit.is_open and self._tracker.waiting == 0:
                 # Only work held for a relay that is down: waiting cannot finish it, and
                 # uncommitted, it is redelivered to whoever consumes these partitions next.
                 log.warning("drain_stopped_relay_down", parked=len(self._parked))

@@ -32,6 +32,9 @@ def settings_for(
     max_retries: int = 3,
     shutdown_timeout: float = 15.0,
     commit_interval_ms: int = 200,
+    max_in_flight: int | None = None,
+    smtp_timeout: float = 5,
+    runtime: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Settings for one test: its own topics and group, the lowered group timeouts."""
     return load_settings(
@@ -44,17 +47,17 @@ def settings_for(
             "commit_interval_ms": commit_interval_ms,
             **KAFKA_TIMEOUTS,
         },
-        smtp={"host": "127.0.0.1", "port": smtp_port, "timeout": 5},
+        smtp={"host": "127.0.0.1", "port": smtp_port, "timeout": smtp_timeout},
         email={
             "sender": "Shop <shop@example.com>",
             "worker_count": workers,
             "worker_buffer": buffer,
-            "max_in_flight": max(1000, workers + buffer),
+            "max_in_flight": max_in_flight or max(1000, workers + buffer),
             "retry_delays": retry_delays,
             "max_retries": max_retries,
         },
         http={"host": "127.0.0.1", "port": 0},
-        runtime={"shutdown_timeout": shutdown_timeout},
+        runtime={"shutdown_timeout": shutdown_timeout, **(runtime or {})},
     )
 
 
@@ -76,6 +79,7 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "KAFKA_SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
             "KAFKA_HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
             "KAFKA_REBALANCE_TIMEOUT_MS": str(kafka.rebalance_timeout_ms),
+            "KAFKA_REVOCATION_TIMEOUT_MS": str(kafka.revocation_timeout_ms),
             "SMTP_HOST": settings.smtp.host,
             "SMTP_PORT": str(settings.smtp.port),
             "SMTP_TIMEOUT": str(settings.smtp.timeout),
@@ -89,6 +93,7 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "HTTP_PORT": str(http_port),
             "LOG_FORMAT": "json",
             "SHUTDOWN_TIMEOUT": str(settings.runtime.shutdown_timeout),
+            "WATCHDOG_TIMEOUT": str(settings.runtime.watchdog_timeout),
         }
     )
     return env

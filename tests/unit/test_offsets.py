@@ -348,6 +348,31 @@ def test_tracker_counts_add_up_over_partitions() -> None:
     assert tracker.finished_uncommitted == 1
 
 
+def test_parked_offsets_are_pending_but_not_waiting() -> None:
+    tracker = OffsetTracker()
+    tracker.assign([TP, OTHER])
+    for offset in range(3):
+        tracker.get(TP).track(offset)
+    tracker.get(OTHER).track(0)
+    state = tracker.get(TP)
+    state.park()
+    state.park()
+    assert (state.pending, state.parked, state.waiting) == (3, 2, 1)
+    assert (tracker.pending, tracker.waiting) == (4, 2)
+    state.unpark()
+    assert (state.parked, state.waiting) == (1, 2)
+    assert tracker.states() == [state, tracker.get(OTHER)]
+
+
+def test_parking_more_than_is_unfinished_or_unparking_nothing_raises() -> None:
+    state = tracked(0)
+    with pytest.raises(ValueError, match="unpark"):
+        state.unpark()
+    state.park()
+    with pytest.raises(ValueError, match="park"):
+        state.park()
+
+
 def test_topic_partition_has_aiokafka_shape() -> None:
     tp = TopicPartition(topic="t", partition=2)
     assert tp == ("t", 2)

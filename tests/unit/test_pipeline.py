@@ -23,6 +23,7 @@ from messaging_service.pool import WorkerPool
 from messaging_service.retry import RetryPolicy
 from messaging_service.scheduler import DelayQueue
 from messaging_service.templates import TemplateRenderer
+from messaging_service.watchdog import Watchdog
 from support.fakes import FakeDeadLetters, FakeSource, record
 
 TP = TopicPartition("email.requests", 0)
@@ -85,6 +86,7 @@ class Running:
     pipeline: Pipeline
     pool: WorkerPool
     tracker: OffsetTracker
+    metrics: Metrics
     source: FakeSource
     stop: asyncio.Event
     task: asyncio.Task[None]
@@ -101,6 +103,8 @@ async def running(
     retry_delay: float = 30.0,
     shutdown_timeout: float = 10.0,
     refill: int = 1,
+    revocation_timeout: float = 0.0,
+    watchdog: Watchdog | None = None,
 ) -> AsyncIterator[Running]:
     source = FakeSource(records)
     tracker = OffsetTracker()
@@ -131,13 +135,15 @@ async def running(
                 commit_interval=0.01,
                 shutdown_timeout=shutdown_timeout,
                 refill=refill,
+                revocation_timeout=revocation_timeout,
             ),
+            watchdog=watchdog,
         )
         await pipeline.on_assigned([TP])
         stop = asyncio.Event()
         task = asyncio.create_task(pipeline.run(source, stop))
         try:
-            yield Running(pipeline, pool, tracker, source, stop, task)
+            yield Running(pipeline, pool, tracker, metrics, source, stop, task)
         finally:
             stop.set()
             await task
@@ -263,3 +269,122 @@ async def test_after_pausing_the_loop_fetches_again_only_when_a_batch_fits() -> 
     ]
     assert resumed, "the loop resumed fetching after the pause"
     assert min(resumed) >= 4
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_revocation_finishes_queued_and_running_requests_then_commits() -> None:
+    sender = ScriptedSender()
+    release = sender.gate("r-3")
+    async with running(
+        sender, [request(i) for i in range(10)], workers=1, revocation_timeout=30
+    ) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 3)
+        revoking = asyncio.create_task(run.pipeline.on_revoked([TP]))
+        await asyncio.sleep(0.05)
+        assert not revoking.done(), "the revocation waits for the request being sent"
+        release.set()
+        async with asyncio.timeout(10):
+            await revoking
+        assert run.source.committed[TP] == 10
+        assert sorted(sender.sent) == sorted(f"r-{i}" for i in range(10))
+        assert run.tracker.partitions() == []
+        assert sample(run.metrics, "email_partition_revocations_total", result="complete") == 1
+
+
+async def test_revocation_gives_up_at_its_bound_and_a_late_finish_moves_no_new_generation() -> None:
+    sender = ScriptedSender()
+    release = sender.gate("r-2")
+    async with running(sender, [request(i) for i in range(6)], revocation_timeout=0.2) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 5)
+        async with asyncio.timeout(10):
+            await run.pipeline.on_revoked([TP])
+        assert run.source.committed[TP] == 2
+        assert sample(run.metrics, "email_partition_revocations_total", result="timed_out") == 1
+        assert sample(run.metrics, "email_revoked_requests_released_total", state="unfinished") == 1
+        # The partition comes back (a new generation); the old send then ends.
+        await run.pipeline.on_assigned([TP])
+        release.set()
+        await sender.wait_sent(lambda sent: len(sent) == 6)
+        await run.pipeline.commit()
+        assert run.tracker.to_commit() == {}
+        assert run.source.committed[TP] == 2
+
+
+async def test_revocation_does_not_wait_for_requests_waiting_for_their_retry() -> None:
+    sender = ScriptedSender()
+    sender.fail_once.add("r-0")
+    async with running(
+        sender, [request(i) for i in range(4)], retry_delay=3600, revocation_timeout=30
+    ) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 3)
+        await wait_until(lambda: run.tracker.waiting == 0)
+        async with asyncio.timeout(5):
+            await run.pipeline.on_revoked([TP])
+        assert run.source.committed.get(TP, 0) == 0
+        assert (
+            sample(run.metrics, "email_revoked_requests_released_total", state="retry_waiting") == 1
+        )
+        assert sample(run.metrics, "email_partition_revocations_total", result="complete") == 1
+
+
+async def test_records_of_a_partition_being_revoked_are_not_admitted() -> None:
+    sender = ScriptedSender()
+    release = sender.gate("r-2")
+    async with running(sender, [request(i) for i in range(5)], revocation_timeout=30) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 4)
+        revoking = asyncio.create_task(run.pipeline.on_revoked([TP]))
+        await asyncio.sleep(0)
+        run.source.exhausted.clear()
+        run.source.pending.extend(request(i) for i in range(5, 10))
+        async with asyncio.timeout(10):
+            await run.source.exhausted.wait()  # the loop fetched them during the revocation
+        release.set()
+        async with asyncio.timeout(10):
+            await revoking
+        assert sorted(sender.sent) == sorted(f"r-{i}" for i in range(5))
+        assert run.source.committed[TP] == 5
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_watchdog_counts_requests_being_sent_but_not_those_waiting_to_retry() -> None:
+    sender = ScriptedSender()
+    sender.fail_once.add("r-0")
+    release = sender.gate("r-1")
+    clock = ManualClock()
+    watchdog = Watchdog(60, clock=clock)
+
+    def alive() -> bool:
+        return watchdog.alive(waiting=run.tracker.waiting > 0)
+
+    async with running(
+        sender,
+        [request(0)],
+        retry_delay=3600,
+        workers=1,
+        shutdown_timeout=0.1,
+        watchdog=watchdog,
+    ) as run:
+        await wait_until(lambda: run.tracker.pending == 1 and run.tracker.waiting == 0)
+        clock.now += 3600
+        assert alive(), "a request waiting for its retry is not stuck"
+        run.source.pending.append(request(1))
+        await wait_until(lambda: sender.running == 1)
+        clock.now += 59
+        assert alive()
+        clock.now += 2
+        assert not alive(), "a request held by the relay for longer than the timeout"
+        release.set()
+        await sender.wait_sent(lambda sent: "r-1" in sent)
+        await wait_until(lambda: run.tracker.waiting == 0)
+        assert alive()
