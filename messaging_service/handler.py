@@ -15,6 +15,7 @@ import structlog
 from .errors import (
     DeadLetterUnavailableError,
     InvalidPayloadError,
+    SentLogUnavailableError,
     ServiceError,
     SmtpRejectedError,
     SmtpTransientError,
@@ -35,6 +36,7 @@ from .models import (
     parse_request,
 )
 from .retry import Backoff, RetryPolicy
+from .sentlog import SentLog
 from .templates import TemplateRenderer
 
 log = structlog.get_logger(__name__)
@@ -79,6 +81,7 @@ class RequestHandler:
         policy: RetryPolicy,
         metrics: Metrics,
         health: Health,
+        sent_log: SentLog | None = None,
         dead_letter_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -89,6 +92,7 @@ class RequestHandler:
         self._policy = policy
         self._metrics = metrics
         self._health = health
+        self._sent_log = sent_log
         self._backoff = dead_letter_backoff or Backoff()
         self._clock = clock
 
@@ -134,6 +138,11 @@ class RequestHandler:
         return self._builder.build(request, self._renderer.render(request))
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
+        if await self._already_sent(email.email_id):
+            self._metrics.duplicates_skipped.inc()
+            self._finish(delivery, Outcome.DUPLICATE)
+            log.info("email_duplicate_skipped", attempts=delivery.attempts)
+            return Finished(Outcome.DUPLICATE)
         delivery.attempts += 1
         started = time.perf_counter()
         try:
@@ -149,6 +158,7 @@ class RequestHandler:
                 self._health.smtp_reachable = False
             return await self._transient(delivery, exc)
         self._observe_attempt(started, None)
+        await self._remember(email.email_id)
         self._health.smtp_reachable = True
         for refusal in report.refused:
             self._metrics.recipients_refused.inc()
@@ -162,6 +172,35 @@ class RequestHandler:
         self._finish(delivery, Outcome.SENT)
         log.info("email_sent", attempt=delivery.attempts, recipients=len(email.recipients))
         return Finished(Outcome.SENT)
+
+    async def _already_sent(self, email_id: str) -> bool:
+        """Whether the sent-id record has this id; fails open when the store cannot answer.
+
+        Holding mail back while the store is down would retry and then dead-letter every
+        request; sending it risks only the duplicates that the record exists to avoid.
+        """
+        if self._sent_log is None:
+            return False
+        try:
+            return await self._sent_log.seen(email_id)
+        except SentLogUnavailableError as exc:
+            self._metrics.dedup_unavailable.labels("seen").inc()
+            log.warning("dedup_unavailable", operation="seen", error=str(exc))
+            return False
+
+    async def _remember(self, email_id: str) -> None:
+        """Record a sent id. The relay already accepted the email: nothing here may undo that."""
+        if self._sent_log is None:
+            return
+        try:
+            await self._sent_log.record(email_id)
+        except Exception as exc:  # any failure here would otherwise turn a 250 into a resend
+            self._metrics.dedup_unavailable.labels("record").inc()
+            log.warning(
+                "dedup_unavailable",
+                operation="record",
+                error=str(exc) if isinstance(exc, SentLogUnavailableError) else _short(exc),
+            )
 
     async def _transient(self, delivery: Delivery, exc: SmtpTransientError) -> Step:
         delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)

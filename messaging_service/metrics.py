@@ -66,6 +66,17 @@ class Metrics:
             "Attempts to write the dead-letter topic that failed (they are retried).",
             registry=registry,
         )
+        self.duplicates_skipped = Counter(
+            _PREFIX + "duplicates_skipped",
+            "Redelivered requests whose id was already sent; finished without sending.",
+            registry=registry,
+        )
+        self.dedup_unavailable = Counter(
+            _PREFIX + "dedup_unavailable",
+            "Sent-id store operations that failed (seen or record); sending went on regardless.",
+            ["operation"],
+            registry=registry,
+        )
         self.commits = Counter(
             _PREFIX + "offset_commits", "Successful offset commits.", registry=registry
         )

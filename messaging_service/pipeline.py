@@ -191,7 +191,7 @@ class Pipeline:
                 return JobStatus.OK
             state.finish(record.offset)
             self._progress.set()
-            return JobStatus.OK if step.outcome is Outcome.SENT else JobStatus.FAILED
+            return JobStatus.FAILED if step.outcome is Outcome.DEAD_LETTERED else JobStatus.OK
 
         return job
 
