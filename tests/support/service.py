@@ -32,6 +32,7 @@ def settings_for(
     max_retries: int = 3,
     shutdown_timeout: float = 15.0,
     commit_interval_ms: int = 200,
+    redis_url: str | None = None,
 ) -> Settings:
     """Settings for one test: its own topics and group, the lowered group timeouts."""
     return load_settings(
@@ -55,6 +56,7 @@ def settings_for(
         },
         http={"host": "127.0.0.1", "port": 0},
         runtime={"shutdown_timeout": shutdown_timeout},
+        dedup={"redis_url": redis_url, "key_prefix": f"{topics.group}:sent:"},
     )
 
 
@@ -64,7 +66,7 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_"))
+        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_", "DEDUP_"))
     }
     env.update(
         {
@@ -89,8 +91,11 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "HTTP_PORT": str(http_port),
             "LOG_FORMAT": "json",
             "SHUTDOWN_TIMEOUT": str(settings.runtime.shutdown_timeout),
+            "DEDUP_KEY_PREFIX": settings.dedup.key_prefix,
         }
     )
+    if settings.dedup.redis_url is not None:
+        env["DEDUP_REDIS_URL"] = settings.dedup.redis_url.get_secret_value()
     return env
 
 
