@@ -158,7 +158,6 @@ class RequestHandler:
                 self._health.smtp_reachable = False
             return await self._transient(delivery, exc)
         self._observe_attempt(started, None)
-        await self._remember(email.email_id)
         self._health.smtp_reachable = True
         for refusal in report.refused:
             self._metrics.recipients_refused.inc()
@@ -171,6 +170,9 @@ class RequestHandler:
         self._metrics.sent.inc()
         self._finish(delivery, Outcome.SENT)
         log.info("email_sent", attempt=delivery.attempts, recipients=len(email.recipients))
+        # Still "right after the 250": nothing above yields to the event loop. Counting first
+        # keeps email_sent_total from lagging behind the relay by a store round trip.
+        await self._remember(email.email_id)
         return Finished(Outcome.SENT)
 
     async def _already_sent(self, email_id: str) -> bool:
