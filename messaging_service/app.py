@@ -14,7 +14,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from .circuit import CircuitBreaker, CircuitState
-from .config import Settings
+from .config import DedupSettings, Settings
 from .consumer import KafkaRequestConsumer
 from .dlq import KafkaDeadLetterSink
 from .errors import SmtpTransientError
@@ -28,8 +28,10 @@ from .offsets import OffsetTracker
 from .pipeline import Pipeline, PipelineSettings
 from .pool import WorkerPool
 from .ratelimit import SendRateLimiter
+from .redis_sentlog import RedisSentLog
 from .retry import RetryPolicy
 from .scheduler import DelayQueue
+from .sentlog import MemorySentLog, SentLog
 from .smtp import SmtpSender
 from .templates import TemplateRenderer
 from .throttle import AdaptiveRate
@@ -90,6 +92,7 @@ async def run_service(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
         dead_letters = await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka))
+        sent_log = await stack.enter_async_context(_sent_log(settings.dedup))
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
         )
@@ -111,6 +114,7 @@ async def run_service(
                 max_data_bytes=email.max_data_bytes,
             ),
             allowed_domains=email.allowed_domains,
+            sent_log=sent_log,
         )
         pipeline = Pipeline(
             handler=handler,
@@ -157,6 +161,7 @@ async def run_service(
             topic=settings.kafka.topic,
             group=settings.kafka.group_id,
             workers=email.worker_count,
+            dedup="memory" if settings.dedup.redis_url is None else "redis",
             http_port=http.port,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
@@ -164,6 +169,16 @@ async def run_service(
             on_started(Running(http_port=http.port, health=health, registry=registry))
         await pipeline.run(consumer, stop)
     log.info("service_stopped")
+
+
+@contextlib.asynccontextmanager
+async def _sent_log(settings: DedupSettings) -> AsyncIterator[SentLog]:
+    """The record of sent ids: Redis when DEDUP_REDIS_URL is set (closed on exit), else memory."""
+    if settings.redis_url is None:
+        yield MemorySentLog(ttl=settings.ttl, max_entries=settings.max_entries)
+        return
+    async with RedisSentLog(settings) as store:
+        yield store
 
 
 def _log_panic(error: BaseException) -> None:

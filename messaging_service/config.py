@@ -257,6 +257,38 @@ class LogSettings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
 
+class DedupSettings(BaseSettings):
+    """The record of sent request ids that stops a redelivered request being sent again."""
+
+    model_config = _section("DEDUP_")
+
+    # The URL may carry a password, so the whole URL is a secret: masked in `config`, never logged.
+    redis_url: SecretStr | None = None
+    ttl: int = Field(default=86_400, ge=1)
+    max_entries: int = Field(default=100_000, ge=1)
+    key_prefix: str = "messaging-service:sent:"
+    redis_timeout: float = Field(default=0.5, gt=0)
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message must not echo the value: it may hold a password.
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
 class RuntimeSettings(BaseSettings):
     model_config = _section("")
 
@@ -276,6 +308,7 @@ class Settings(BaseModel):
     http: HttpSettings
     log: LogSettings
     runtime: RuntimeSettings
+    dedup: DedupSettings
 
     SECTIONS: ClassVar[dict[str, type[BaseSettings]]] = {
         "kafka": KafkaSettings,
@@ -284,6 +317,7 @@ class Settings(BaseModel):
         "http": HttpSettings,
         "log": LogSettings,
         "runtime": RuntimeSettings,
+        "dedup": DedupSettings,
     }
 
 

@@ -56,3 +56,7 @@ class SmtpRejectedError(SmtpError, PermanentError):
 
 class DeadLetterUnavailableError(RetriableError):
     """The dead-letter topic could not be written (broker down, timeout)."""
+
+
+class SentLogUnavailableError(RetriableError):
+    """The record of sent request ids could not be read or written (store down, timeout)."""

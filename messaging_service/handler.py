@@ -19,6 +19,7 @@ from .errors import (
     DeadLetterUnavailableError,
     InvalidPayloadError,
     RecipientNotAllowedError,
+    SentLogUnavailableError,
     ServiceError,
     SmtpRejectedError,
     SmtpTransientError,
@@ -43,6 +44,7 @@ from .models import (
 )
 from .ratelimit import SendRateLimiter
 from .retry import Backoff, RetryPolicy
+from .sentlog import SentLog
 from .templates import TemplateRenderer
 from .throttle import is_throttling
 
@@ -95,6 +97,7 @@ class RequestHandler:
         health: Health,
         circuit: CircuitBreaker | None = None,
         limiter: SendRateLimiter | None = None,
+        sent_log: SentLog | None = None,
         dead_letter_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
         limits: RequestLimits | None = None,
@@ -109,6 +112,7 @@ class RequestHandler:
         self._health = health
         self._circuit = circuit
         self._limiter = limiter
+        self._sent_log = sent_log
         self._backoff = dead_letter_backoff or Backoff()
         self._clock = clock
         self._limits = limits or RequestLimits()
@@ -161,6 +165,11 @@ class RequestHandler:
         return self._builder.build(request, self._renderer.render(request))
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
+        if await self._already_sent(email.email_id):
+            self._metrics.duplicates_skipped.inc()
+            self._finish(delivery, Outcome.DUPLICATE)
+            log.info("email_duplicate_skipped", attempts=delivery.attempts)
+            return Finished(Outcome.DUPLICATE)
         circuit = self._circuit
         if self._limiter is not None:
             await self._limiter.acquire()
@@ -209,6 +218,9 @@ class RequestHandler:
         self._metrics.sent.inc()
         self._finish(delivery, Outcome.SENT)
         log.info("email_sent", attempt=delivery.attempts, recipients=len(email.recipients))
+        # Still "right after the 250": nothing above yields to the event loop. Counting first
+        # keeps email_sent_total from lagging behind the relay by a store round trip.
+        await self._remember(email.email_id)
         return Finished(Outcome.SENT)
 
     def _relay_answered(self) -> None:
@@ -223,6 +235,35 @@ class RequestHandler:
         rate = self._limiter.throttled()
         if rate is not None:
             log.warning("send_rate_reduced", smtp_code=code, rate_per_second=round(rate, 2))
+
+    async def _already_sent(self, email_id: str) -> bool:
+        """Whether the sent-id record has this id; fails open when the store cannot answer.
+
+        Holding mail back while the store is down would retry and then dead-letter every
+        request; sending it risks only the duplicates that the record exists to avoid.
+        """
+        if self._sent_log is None:
+            return False
+        try:
+            return await self._sent_log.seen(email_id)
+        except SentLogUnavailableError as exc:
+            self._metrics.dedup_unavailable.labels("seen").inc()
+            log.warning("dedup_unavailable", operation="seen", error=str(exc))
+            return False
+
+    async def _remember(self, email_id: str) -> None:
+        """Record a sent id. The relay already accepted the email: nothing here may undo that."""
+        if self._sent_log is None:
+            return
+        try:
+            await self._sent_log.record(email_id)
+        except Exception as exc:  # any failure here would otherwise turn a 250 into a resend
+            self._metrics.dedup_unavailable.labels("record").inc()
+            log.warning(
+                "dedup_unavailable",
+                operation="record",
+                error=str(exc) if isinstance(exc, SentLogUnavailableError) else _short(exc),
+            )
 
     async def _transient(self, delivery: Delivery, exc: SmtpTransientError) -> Step:
         delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)

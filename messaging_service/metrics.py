@@ -78,6 +78,17 @@ class Metrics:
             "Throttling replies from the relay (421, 450, 451, 452, 454); each may cut the rate.",
             registry=registry,
         )
+        self.duplicates_skipped = Counter(
+            _PREFIX + "duplicates_skipped",
+            "Redelivered requests whose id was already sent; finished without sending.",
+            registry=registry,
+        )
+        self.dedup_unavailable = Counter(
+            _PREFIX + "dedup_unavailable",
+            "Sent-id store operations that failed (seen or record); sending went on regardless.",
+            ["operation"],
+            registry=registry,
+        )
         self.commits = Counter(
             _PREFIX + "offset_commits", "Successful offset commits.", registry=registry
         )

@@ -32,10 +32,12 @@ _TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_\-]{0,99}$"
 
 
 class Outcome(enum.StrEnum):
-    """Where a request ended: both are final, and only final requests are committed."""
+    """Where a request ended: all are final, and only final requests are committed."""
 
     SENT = "sent"
     DEAD_LETTERED = "dead_lettered"
+    DUPLICATE = "duplicate"
+    """Its id was already sent (a redelivery): finished without sending it again."""
 
 
 class FailureReason(enum.StrEnum):

@@ -288,7 +288,7 @@ class Pipeline:
             state.finish(record.offset)
             self._watchdog.progress()
             self._progress.set()
-            return JobStatus.OK if step.outcome is Outcome.SENT else JobStatus.FAILED
+            return JobStatus.FAILED if step.outcome is Outcome.DEAD_LETTERED else JobStatus.OK
 
         return job
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 
-from .throttle import AdaptiveRate, RateMeter
+from .throttle import AdaptiveRate, PushBack
 
 _CAPACITY = 1_000_000.0
 
@@ -21,9 +21,15 @@ _CAPACITY = 1_000_000.0
 class SendRateLimiter:
     """``await acquire()`` before each send; ``throttled()`` when the relay pushes back."""
 
-    def __init__(self, rate: AdaptiveRate, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: AdaptiveRate,
+        *,
+        push_back: PushBack | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._rate = rate
-        self._meter = RateMeter(clock)
+        self._push_back = push_back or PushBack(clock=clock)
         self._bucket = AsyncLimiter(_CAPACITY, time_period=1.0)
 
     def allowed(self) -> float | None:
@@ -34,10 +40,15 @@ class SendRateLimiter:
         allowed = self._rate.allowed()
         if allowed is not None:
             await self._bucket.acquire(min(_CAPACITY / allowed, _CAPACITY))
-        self._meter.mark()
+        self._push_back.attempt()
 
     def throttled(self) -> float | None:
-        """Report a throttling reply; returns the new allowed rate if this one cut it."""
-        if self._rate.on_throttle(self._meter.rate()):
+        """Report a throttling reply; returns the new allowed rate if this one cut it.
+
+        Only push-back cuts (see ``PushBack``): a few deferred messages among many do not.
+        """
+        if not self._push_back.throttled():
+            return None
+        if self._rate.on_throttle(self._push_back.attempts.rate()):
             return self._rate.allowed()
         return None

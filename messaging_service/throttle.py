@@ -1,11 +1,13 @@
 """How fast to send: a configured ceiling, cut on throttling replies and regained linearly (AIMD).
 
 Pure arithmetic on an injected clock; ``ratelimit.py`` turns the allowed rate into waiting.
-A relay that answers 421/450/451/452/454 is asking us to slow down, so the allowed rate is
-multiplied by ``decrease`` (at most once per ``cooldown``, so one burst of throttled replies
-is one cut, not twenty), then grows back by a fixed step per second until it reaches the
-ceiling again — or, with no ceiling configured, the rate we were sending at when the relay
-first complained, at which point the limit is lifted.
+A relay that answers 421/450/451/452/454 to a real share of our attempts is asking us to
+slow down (``PushBack`` tells that apart from a few messages deferred one by one, which the
+retry schedule handles alone). The allowed rate is then multiplied by ``decrease`` (at most
+once per ``cooldown``, so one burst of throttled replies is one cut, not twenty), and grows
+back by a fixed step per second until it reaches the ceiling again — or, with no ceiling
+configured, the rate we were sending at when the relay first complained, at which point the
+limit is lifted.
 """
 
 from __future__ import annotations
@@ -115,9 +117,48 @@ class RateMeter:
         self._roll()
         return float(max(self._previous, self._count))
 
+    def recent(self) -> int:
+        """Events in the last completed second and the current one together."""
+        self._roll()
+        return self._previous + self._count
+
     def _roll(self) -> None:
         second = int(self._clock())
         if second != self._second:
             self._previous = self._count if second == self._second + 1 else 0
             self._count = 0
             self._second = second
+
+
+class PushBack:
+    """Whether throttling replies are a real share of recent attempts, not a few stray ones.
+
+    A relay over its limit defers much of what we send; a relay that defers the odd message
+    (greylisting, a busy mailbox) does not want the whole service slowed down. So a cut needs
+    at least ``min_count`` throttling replies making up ``min_share`` of the attempts of the
+    last second or two.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_share: float = 0.25,
+        min_count: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < min_share <= 1 or min_count < 1:
+            raise ValueError("min_share must be in (0, 1] and min_count at least 1")
+        self._min_share = min_share
+        self._min_count = min_count
+        self.attempts = RateMeter(clock)
+        self._throttled = RateMeter(clock)
+
+    def attempt(self) -> None:
+        self.attempts.mark()
+
+    def throttled(self) -> bool:
+        """Count one throttling reply; True when the recent ones amount to push-back."""
+        self._throttled.mark()
+        throttled = self._throttled.recent()
+        attempts = max(self.attempts.recent(), throttled)
+        return throttled >= self._min_count and throttled >= self._min_share * attempts

@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -189,3 +190,14 @@ def test_grafana_is_provisioned_with_the_datasource_and_dashboard_of_the_repo(
         assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
+
+
+def test_service_records_sent_ids_in_the_stacks_redis(compose: dict[str, Any]) -> None:
+    environment = compose["services"][SERVICE]["environment"]
+    url = urlparse(environment["DEDUP_REDIS_URL"])
+    assert url.scheme == "redis"
+    assert url.hostname in compose["services"]
+    redis = compose["services"][url.hostname]
+    assert redis["image"].startswith("redis:")
+    assert "healthcheck" in redis
+    assert url.hostname in compose["services"][SERVICE]["depends_on"]

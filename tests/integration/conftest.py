@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from support.kafka import (
     select_broker,
     unique,
 )
+from support.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +57,10 @@ async def topics(broker: Broker) -> Topics:
     await create_topic(broker.bootstrap, names.requests, partitions=3)
     await create_topic(broker.bootstrap, names.dlq, partitions=1)
     return names
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port in the test's tmp dir, stopped afterwards."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server

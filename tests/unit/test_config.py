@@ -15,6 +15,7 @@ from messaging_service.config import (
     KafkaSettings,
     SaslMechanism,
     SmtpSecurity,
+    environment_items,
     kafka_client_options,
     load_settings,
 )
@@ -266,3 +267,32 @@ async def _dispose(adapter: Any) -> None:
     """Stop the never-started aiokafka object, so it does not warn when collected."""
     inner = adapter._consumer if isinstance(adapter, KafkaRequestConsumer) else adapter._producer
     await inner.stop()
+
+
+def test_dedup_defaults_to_memory_and_an_empty_redis_url_means_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DEDUP_REDIS_URL", raising=False)
+    settings = load_settings(env_file=None)
+    assert settings.dedup.redis_url is None
+    assert (settings.dedup.ttl, settings.dedup.max_entries) == (86_400, 100_000)
+    monkeypatch.setenv("DEDUP_REDIS_URL", "  ")
+    assert load_settings(env_file=None).dedup.redis_url is None
+
+
+def test_redis_url_is_a_secret_masked_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "redis://svc:hunter2@redis.internal:6379/0"
+    monkeypatch.setenv("DEDUP_REDIS_URL", url)
+    settings = load_settings(env_file=None)
+    assert settings.dedup.redis_url is not None
+    assert settings.dedup.redis_url.get_secret_value() == url
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings)
+    assert ("DEDUP_REDIS_URL", "**********") in environment_items(settings)
+
+
+def test_a_bad_redis_url_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEDUP_REDIS_URL", "http://svc:hunter2@redis:6379")
+    with pytest.raises(ConfigError, match="DEDUP_REDIS_URL") as raised:
+        load_settings(env_file=None)
+    assert "hunter2" not in str(raised.value)

@@ -7,7 +7,13 @@ import asyncio
 import pytest
 
 from messaging_service.ratelimit import SendRateLimiter
-from messaging_service.throttle import AdaptiveRate, AimdPolicy, RateMeter, is_throttling
+from messaging_service.throttle import (
+    AdaptiveRate,
+    AimdPolicy,
+    PushBack,
+    RateMeter,
+    is_throttling,
+)
 
 
 class Clock:
@@ -108,10 +114,25 @@ async def test_limiter_makes_the_next_send_wait_once_the_burst_is_spent() -> Non
 
 async def test_limiter_without_a_limit_never_waits_and_cuts_from_the_measured_rate() -> None:
     limiter = SendRateLimiter(AdaptiveRate(None))
-    for _ in range(50):
+    for _ in range(8):
         await limiter.acquire()
     assert limiter.allowed() is None
+    assert limiter.throttled() is None  # one or two deferred messages are not push-back
+    assert limiter.throttled() is None
     new_rate = limiter.throttled()
     assert new_rate is not None
-    assert 1 <= new_rate < 26
+    assert 1 <= new_rate < 5  # half of the 8 per second we were sending, recovering
     assert limiter.throttled() is None  # within the cooldown: no second cut
+
+
+def test_push_back_needs_several_throttling_replies_making_up_a_real_share() -> None:
+    clock = Clock()
+    push_back = PushBack(min_share=0.25, min_count=3, clock=clock)
+    for _ in range(100):
+        push_back.attempt()
+    # A relay deferring one message in ten (greylisting, a full mailbox) is not pushing back.
+    assert not any(push_back.throttled() for _ in range(10))
+    clock.now += 5
+    for _ in range(8):
+        push_back.attempt()
+    assert [push_back.throttled() for _ in range(3)] == [False, False, True]

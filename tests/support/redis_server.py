@@ -1,0 +1,95 @@
+"""A real redis-server (Debian's build, from scripts/fetch-tools) on a free port, for tests.
+
+with RedisServer(tmp_path) as redis:                 # or password="..."
+    url = redis.url
+    redis.stop(); redis.start()                      # outage; same port again
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from support.kafka import free_port
+from support.tools import redis_server
+
+_START_TIMEOUT = 30.0
+
+
+class RedisServer:
+    """redis-server in ``directory`` (no persistence); ``stop``/``start`` keep the port."""
+
+    def __init__(self, directory: Path, *, password: str | None = None) -> None:
+        self.directory = directory
+        self.password = password
+        self.port = free_port()
+        self._program = redis_server()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if self._process is not None:
+            raise RuntimeError("redis-server is already running")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(self._program),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            command += ["--requirepass", self.password]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self._wait_listening()
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.directory / "redis.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _wait_listening(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise AssertionError(f"redis-server exited at start:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    reply = conn.recv(64)
+                if reply.startswith((b"+PONG", b"-NOAUTH")):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"redis-server not listening within {_START_TIMEOUT} s")
