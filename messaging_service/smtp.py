@@ -80,7 +80,7 @@ class SmtpSender:
                     email.sender,
                     email.recipients,
                     email.message,
-                    timeout=self._settings.timeout,
+                    reply_timeout=self._settings.timeout,
                 )
             except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
                 lease.reusable = await _reset(lease.client)

@@ -76,16 +76,20 @@ async def transact(
     recipients: Sequence[str],
     message: bytes,
     *,
-    timeout: float,
+    reply_timeout: float,
 ) -> dict[str, SMTPResponse]:
-    """Send one message; return the refused recipients (some were accepted) or raise."""
+    """Send one message; return the refused recipients (some were accepted) or raise.
+
+    ``reply_timeout`` bounds each wait for replies (one per round trip), as aiosmtplib's
+    ``timeout`` bounds each command.
+    """
     if not recipients:
         raise ValueError("a message needs at least one recipient")
     mail_from = envelope_address(sender)
     rcpt_to = [envelope_address(recipient) for recipient in recipients]
     data, size = data_bytes(message)
     if client.is_ehlo_or_helo_needed:
-        await _greet(client, timeout)
+        await _greet(client, reply_timeout)
     protocol = client.protocol
     transport = None if protocol is None else protocol.transport
     if protocol is None or transport is None or transport.is_closing():
@@ -94,7 +98,7 @@ async def transact(
     exchange = _Exchange(
         transport=cast(asyncio.Transport, transport),
         replies=_Replies(protocol),
-        timeout=timeout,
+        reply_timeout=reply_timeout,
     )
     commands = [b"MAIL FROM:<%s>%s\r\n" % (mail_from, size_option)]
     commands += [b"RCPT TO:<%s>\r\n" % address for address in rcpt_to]
@@ -124,23 +128,25 @@ async def transact(
     return {refusal.recipient: SMTPResponse(refusal.code, refusal.message) for refusal in refused}
 
 
-async def _greet(client: aiosmtplib.SMTP, timeout: float) -> None:
+async def _greet(client: aiosmtplib.SMTP, reply_timeout: float) -> None:
     """EHLO, or HELO for a relay that refuses it (what ``sendmail`` does first)."""
     try:
-        await client.ehlo(timeout=timeout)
+        await client.ehlo(timeout=reply_timeout)
     except aiosmtplib.SMTPHeloError:
         if not client.is_connected:
             raise
-        await client.helo(timeout=timeout)
+        await client.helo(timeout=reply_timeout)
 
 
 class _Exchange:
     """The commands and replies of one transaction on a lent transport."""
 
-    def __init__(self, *, transport: asyncio.Transport, replies: _Replies, timeout: float) -> None:
+    def __init__(
+        self, *, transport: asyncio.Transport, replies: _Replies, reply_timeout: float
+    ) -> None:
         self.transport = transport
         self.replies = replies
-        self.timeout = timeout
+        self.timeout = reply_timeout
 
     async def pipelined(
         self, commands: list[bytes], recipients: Sequence[str], sender: str, data: bytes
@@ -229,12 +235,12 @@ class _Replies(asyncio.Protocol):
     def leftover(self) -> bool:
         return bool(self._buffer or self._ready)
 
-    async def read(self, count: int, timeout: float) -> list[SMTPResponse]:
+    async def read(self, count: int, within: float) -> list[SMTPResponse]:
         if len(self._ready) < count and self._error is None:
             self._wanted = count
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(within):
                     await self._waiter
             except TimeoutError as exc:
                 raise aiosmtplib.SMTPReadTimeoutError(
@@ -292,8 +298,8 @@ class _Replies(asyncio.Protocol):
                 raise aiosmtplib.SMTPResponseException(-1, f"Malformed SMTP response line: {text}")
             lines.append(line)
             if line[3:4] != b"-":
-                text = b"\n".join(part[4:].strip(b" \t\r\n") for part in lines)
-                reply = SMTPResponse(int(line[:3]), text.decode("utf-8", "surrogateescape"))
+                joined = b"\n".join(part[4:].strip(b" \t\r\n") for part in lines)
+                reply = SMTPResponse(int(line[:3]), joined.decode("utf-8", "surrogateescape"))
                 self._ready.append(reply)
                 self.received.append(reply)
                 lines = []
