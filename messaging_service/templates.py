@@ -25,6 +25,30 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,99}")
 _MAX_PRICE_DIGITS = 30
 
 
+# Attribute names a plain dict has (methods and dunders): for any other name, jinja's
+# ``getattr(dict, name)`` fails and the sandbox falls back to the item, which is what
+# ``_Sandbox.getattr`` does directly.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with ``item.name`` on plain dicts (JSON data) made cheap.
+
+    The sandbox tries the attribute first and catches AttributeError before looking the item
+    up: an exception per ``{{ item.name }}``. For an exact ``dict`` whose type has no such
+    attribute the outcome is known in advance, so the item is looked up at once; every other
+    case goes through the sandbox unchanged.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     subject: Template
@@ -49,7 +73,7 @@ class TemplateRenderer:
             replaced = {_split(name)[0] for name in extra}
             sources = {n: s for n, s in sources.items() if _split(n)[0] not in replaced}
             sources.update(extra)
-        self._env = ImmutableSandboxedEnvironment(
+        self._env = _Sandbox(
             loader=DictLoader({name: source for name, (source, _) in sources.items()}),
             undefined=StrictUndefined,
             autoescape=_is_html,
@@ -63,6 +87,10 @@ class TemplateRenderer:
         )
         self._env.filters["money"] = money
         compiled = {name: self._compile(name, origin) for name, (_, origin) in sources.items()}
+        for template in compiled.values():
+            # jinja keeps a template's globals as a ChainMap over the environment's and copies
+            # it twice per render; the globals never change after start-up, so flatten them.
+            template.globals = dict(template.globals)
         self._templates = _assemble(compiled)
 
     @property
