@@ -16,8 +16,9 @@ Outcomes are raised as the exceptions ``sendmail`` raises (``SMTPSenderRefused``
 ``SMTPRecipientsRefused``, ``SMTPDataError``, ``SMTPServerDisconnected``,
 ``SMTPReadTimeoutError``, ``ValueError`` for an address that cannot be sent), so the caller
 translates them in one place. After a refusal the session is intact (the caller sends RSET);
-after anything else (timeout, lost connection, a malformed or 421 reply, replies left over)
-the client is closed, since it can no longer be trusted to pair replies with commands.
+after anything else (timeout, lost connection, a malformed or 421 reply) the client is
+closed, since it can no longer be trusted to pair replies with commands; so it is after a
+relay sent more replies than it was asked for, even when the message was accepted.
 """
 
 from __future__ import annotations
@@ -118,8 +119,10 @@ async def transact(
         finally:
             if not exchange.replies.lost:
                 transport.set_protocol(protocol)
-        if exchange.replies.leftover:
-            raise aiosmtplib.SMTPResponseException(-1, "unexpected data from the relay")
+            if exchange.replies.leftover:
+                # The relay said more than it was asked: whatever the outcome (a message it
+                # accepted stays accepted), this session can no longer pair replies.
+                client.close()
     except aiosmtplib.SMTPRecipientsRefused as exc:
         if any(refusal.code == _CLOSING for refusal in exc.recipients):
             client.close()

@@ -171,6 +171,7 @@ class ScriptedRelay:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.server: asyncio.Server | None = None
+        self.sessions = 0
 
     async def __aenter__(self) -> ScriptedRelay:
         self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
@@ -188,6 +189,7 @@ class ScriptedRelay:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         script = self.script
+        self.sessions += 1
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             writer.write(b"220 scripted ESMTP\r\n")
             await reader.readuntil(b"\r\n")  # EHLO
@@ -291,6 +293,18 @@ async def test_421_then_hang_up_in_the_middle_of_the_group_reports_the_421() -> 
         assert smtp.open_connections == 0
 
     assert caught.value.code == 421
+
+
+async def test_reply_nobody_asked_for_keeps_the_message_sent_but_drops_the_connection() -> None:
+    script = Script(final=b"250 queued\r\n250 and one more\r\n")
+    async with ScriptedRelay(script) as relay:
+        async with SmtpSender(settings_for("127.0.0.1", relay.port), max_connections=1) as smtp:
+            first = await smtp.send(make_email("e-1"))
+            second = await smtp.send(make_email("e-2"))
+
+        assert first == second == SendReport()
+        assert len(script.received) == 2
+        assert relay.sessions == 2
 
 
 async def test_malformed_reply_is_transient_and_the_connection_is_dropped() -> None:
