@@ -39,6 +39,8 @@ class Plan:
     max_count: int
     fixed_counts: dict[int, int] | None = None
     """Quick mode: emails per latency-bound point by worker count, not sized by time."""
+    failure_workers: tuple[int, ...] = ()
+    """The transient-failure pairs: failure-free and failing, back to back, at these counts."""
 
 
 QUICK = Plan(
@@ -49,6 +51,7 @@ QUICK = Plan(
     min_count=60,
     max_count=500,
     fixed_counts={1: 60, 10: 200},
+    failure_workers=(10,),
 )
 
 
@@ -70,6 +73,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--delay", type=float, default=0.05, help="latency-bound relay delay, s")
     parser.add_argument(
         "--jitter", type=float, default=0.0, help="latency-bound delays vary by ± this share"
+    )
+    parser.add_argument(
+        "--failure-workers",
+        type=_ints,
+        default=(10, 100),
+        help="worker counts of the transient-failure pairs (empty: none)",
+    )
+    parser.add_argument(
+        "--failure-share",
+        type=float,
+        default=0.05,
+        help="share of messages the relay refuses once with 451 in the failing runs",
     )
     parser.add_argument("--seconds", type=float, default=12, help="aimed length of each point")
     parser.add_argument("--zero-count", type=int, default=15_000)
@@ -143,7 +158,8 @@ async def _sweep(ctx: Context, args: argparse.Namespace, machine: report.Machine
     latency = Target("latency", args.delay, args.jitter)
     zero = Target("zero")
     points: list[Point] = []
-    total = 2 * (len(plan.zero_workers) + len(plan.workers))
+    failing = Target("latency", args.delay, args.jitter, fail_share=args.failure_share)
+    total = 2 * (len(plan.zero_workers) + len(plan.workers) + len(plan.failure_workers))
     numbers = steps(total)
     began = time.monotonic()
 
@@ -188,6 +204,23 @@ async def _sweep(ctx: Context, args: argparse.Namespace, machine: report.Machine
                         measure_plain, ctx, latency, concurrency=workers, count=count, limit=limit
                     ),
                 )
+    for workers in plan.failure_workers:
+        # Failure-free and failing back to back, so both see the same machine.
+        for target in (latency, failing):
+            count = _latency_count(plan, points, "service", workers, latency)
+            rate = min(latency.ideal(workers) or 1, _ceiling(points, "service"))
+            await step(
+                f"service, {target.label}, {workers} workers, {count:,} emails",
+                functools.partial(
+                    measure_service,
+                    ctx,
+                    target,
+                    workers=workers,
+                    count=count,
+                    limit=_time_limit(count, rate * 0.2),
+                    series="failures",
+                ),
+            )
     finished = machine.finished()
     mode = "quick" if args.quick else "full"
     details = (
@@ -222,12 +255,17 @@ def _plan(args: argparse.Namespace) -> Plan:
         zero_count=args.zero_count,
         min_count=200,
         max_count=40_000,
+        failure_workers=args.failure_workers,
     )
 
 
 def _ceiling(points: list[Point], program: str) -> float:
     """The best zero-latency rate measured for ``program`` so far: its CPU-bound ceiling."""
-    rates = [p.throughput for p in points if p.program == program and p.target == "zero"]
+    rates = [
+        p.throughput
+        for p in points
+        if p.program == program and p.target == "zero" and p.series == "sweep"
+    ]
     return max(rates, default=2000.0)
 
 

@@ -8,7 +8,9 @@ bare ``asyncio.Protocol`` with no parsing beyond what SMTP needs; it answers eve
 at once except the end of a message, whose ``250`` it sends ``--delay`` seconds later without
 holding anything but a timer. Each accepted message is logged as ``<unix time> <X-Email-Id>``
 (one line, flushed every 0.1 s) so the bench can count acceptances and measure latency.
-It does not advertise PIPELINING, so a client waits for each reply as against a real relay.
+It advertises PIPELINING, as Postfix and smtp-sink do (it reads commands in order however
+they arrive). With ``--fail-share 0.05`` it refuses 5 % of messages once, drawn at random,
+with ``451`` (after the same delay); the same ``X-Email-Id`` is accepted the next time.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import time
 from pathlib import Path
 from typing import IO, cast
 
-_EHLO = b"250-bench-sink\r\n250-8BITMIME\r\n250 SIZE 52428800\r\n"
+_EHLO = b"250-bench-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 52428800\r\n"
 _OK = b"250 2.0.0 Ok\r\n"
 _QUEUED = b"250 2.0.0 Ok: queued\r\n"
+_TRY_LATER = b"451 4.3.0 Try again later (bench)\r\n"
 _GO_AHEAD = b"354 End data with <CR><LF>.<CR><LF>\r\n"
 _BYE = b"221 2.0.0 Bye\r\n"
 _UNKNOWN = b"502 5.5.2 Error: command not recognized\r\n"
@@ -51,11 +54,26 @@ class AcceptLog:
             self._stream.flush()
 
 
+class FailOnce:
+    """Which messages get a 451: a random ``share`` of them, each only the first time."""
+
+    def __init__(self, share: float) -> None:
+        self._share = share
+        self._failed: set[str] = set()
+
+    def refuse(self, email_id: str) -> bool:
+        if not self._share or email_id in self._failed or random.random() >= self._share:
+            return False
+        self._failed.add(email_id)
+        return True
+
+
 class _Session(asyncio.Protocol):
-    def __init__(self, *, delay: float, jitter: float, log: AcceptLog) -> None:
+    def __init__(self, *, delay: float, jitter: float, log: AcceptLog, fail: FailOnce) -> None:
         self._delay = delay
         self._jitter = jitter
         self._log = log
+        self._fail = fail
         self._buffer = bytearray()
         self._in_data = False
         self._scanned = 0  # bytes of the message already searched for the end marker
@@ -117,16 +135,21 @@ class _Session(asyncio.Protocol):
         delay = self._delay
         if self._jitter:
             delay *= random.uniform(1 - self._jitter, 1 + self._jitter)
+        answer = self._refuse if self._fail.refuse(email_id) else self._accept
         if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self._accept, email_id)
+            asyncio.get_running_loop().call_later(delay, answer, email_id)
         else:
-            self._accept(email_id)
+            answer(email_id)
         return True
 
     def _accept(self, email_id: str) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(_QUEUED)
             self._log.accepted(email_id)
+
+    def _refuse(self, email_id: str) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(_TRY_LATER)
 
 
 def _email_id(message: bytes) -> str:
@@ -138,7 +161,15 @@ def _email_id(message: bytes) -> str:
     return message[start:end].decode("ascii", "replace").strip() or "-"
 
 
-async def serve(*, host: str, port: int, delay: float, jitter: float = 0.0, log_path: Path) -> None:
+async def serve(
+    *,
+    host: str,
+    port: int,
+    delay: float,
+    jitter: float = 0.0,
+    fail_share: float = 0.0,
+    log_path: Path,
+) -> None:
     """Serve until SIGTERM or SIGINT; print ``ready <port>`` once listening."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -146,8 +177,12 @@ async def serve(*, host: str, port: int, delay: float, jitter: float = 0.0, log_
         loop.add_signal_handler(signum, stop.set)
     with log_path.open("a", encoding="ascii") as stream:
         log = AcceptLog(stream)
+        fail = FailOnce(fail_share)
         server = await loop.create_server(
-            lambda: _Session(delay=delay, jitter=jitter, log=log), host, port, backlog=4096
+            lambda: _Session(delay=delay, jitter=jitter, log=log, fail=fail),
+            host,
+            port,
+            backlog=4096,
         )
         print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
         try:
@@ -168,10 +203,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--jitter", type=float, default=0.0, help="each delay is drawn from delay * (1 ± jitter)"
     )
+    parser.add_argument(
+        "--fail-share", type=float, default=0.0, help="refuse this share of messages once (451)"
+    )
     parser.add_argument("--log", type=Path, required=True, help="accepted messages go here")
     args = parser.parse_args(argv)
     coroutine = serve(
-        host=args.host, port=args.port, delay=args.delay, jitter=args.jitter, log_path=args.log
+        host=args.host,
+        port=args.port,
+        delay=args.delay,
+        jitter=args.jitter,
+        fail_share=args.fail_share,
+        log_path=args.log,
     )
     try:
         import uvloop  # the bench extra has it: less CPU per message than asyncio's loop

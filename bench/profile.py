@@ -41,7 +41,7 @@ _PHASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("validate the request (pydantic, email_validator)", ("parse_request (",), ()),
     ("render the templates (jinja2)", ("TemplateRenderer.render (",), ()),
     ("build the MIME bytes", ("MessageBuilder.build (",), ()),
-    ("SMTP exchange (aiosmtplib)", ("SmtpSender.send (",), ()),
+    ("SMTP exchange (smtp_wire over aiosmtplib's connection)", ("SmtpSender.send (",), ()),
     ("logging (structlog)", (), ("structlog",)),
     ("metrics (prometheus_client)", (), ("prometheus_client",)),
     ("Kafka: fetch, admission, commits", ("Pipeline._admit (", "Pipeline.commit ("), ("aiokafka",)),

@@ -91,9 +91,22 @@ def _load() -> str:
 
 def _find(points: Sequence[Point], program: str, target: str, workers: int) -> Point | None:
     for point in points:
-        if (point.program, point.target, point.workers) == (program, target, workers):
+        if (point.program, point.target, point.workers, point.series) == (
+            program,
+            target,
+            workers,
+            "sweep",
+        ):
             return point
     return None
+
+
+def _pair(points: Sequence[Point], workers: int) -> tuple[Point | None, Point | None]:
+    """The transient-failure pair at ``workers``: (failure-free, failing)."""
+    pair = [p for p in points if p.series == "failures" and p.workers == workers]
+    free = next((p for p in pair if not p.fail_share), None)
+    failing = next((p for p in pair if p.fail_share), None)
+    return free, failing
 
 
 _MISSING = "-"
@@ -132,7 +145,7 @@ def results_markdown(
         f"Measured {machine.line()}. Mode: {mode}. {details}",
         "",
     ]
-    sweep = sorted({p.workers for p in points if p.target == "latency"})
+    sweep = sorted({p.workers for p in points if p.target == "latency" and p.series == "sweep"})
     if sweep:
         spread = f" ± {latency.jitter:.0%} (uniform)" if latency.jitter else ""
         lines += [
@@ -179,6 +192,7 @@ def results_markdown(
             )
         lines.append("")
     lines += _cpu_breakdown(points)
+    lines += _failures(points, latency)
     problems = [
         f"- {p.program}, {p.target}, {p.workers} workers: {problem}"
         for p in points
@@ -187,6 +201,37 @@ def results_markdown(
     if problems:
         lines += ["**Problems seen during the run:**", "", *problems, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _failures(points: Sequence[Point], latency: Target) -> list[str]:
+    counts = sorted({p.workers for p in points if p.series == "failures"})
+    if not counts:
+        return []
+    share = max(p.fail_share for p in points)
+    lines = [
+        f"**Transient failures** (the same {latency.delay * 1000:g} ms relay refuses "
+        f"{share:.0%} of messages once with `451`; the service retries them after its first "
+        "delay, 1 s, without holding a worker; each pair ran back to back):",
+        "",
+        "| workers | failure-free/s | failing once/s | failing ÷ failure-free | retries "
+        "| CPU ms/email free / failing | latency p50 / p99 ms, failure-free "
+        "| latency p50 / p99 ms, failing |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workers in counts:
+        free, failing = _pair(points, workers)
+        lines.append(
+            f"| {workers} | {_num(_rate(free))} | {_num(_rate(failing))} "
+            f"| {_percent(_rate(failing), _rate(free))} "
+            f"| {_num(None if failing is None else failing.retries)} "
+            f"| {_num(_cpu(free), 2)} / {_num(_cpu(failing), 2)} "
+            f"| {_latency(free)} | {_latency(failing)} |"
+        )
+    return [*lines, ""]
+
+
+def _percent(a: float | None, b: float | None) -> str:
+    return _MISSING if a is None or not b else f"{a / b:.0%}"
 
 
 def _cpu_breakdown(points: Sequence[Point]) -> list[str]:
@@ -246,6 +291,7 @@ def chart(path: Path, machine: Machine, points: Sequence[Point], *, latency: Tar
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 5.6), dpi=100)
+    points = [p for p in points if p.series == "sweep"]
     sweep = sorted({p.workers for p in points if p.target == "latency"})
     if sweep:
         axes.plot(

@@ -37,13 +37,16 @@ class Target:
     delay: float = 0.0
     jitter: float = 0.0
     """Latency-bound only: each delay is drawn from delay * (1 ± jitter); the mean stays."""
+    fail_share: float = 0.0
+    """Latency-bound only: this share of messages is refused once with a 451."""
 
     @property
     def label(self) -> str:
         if self.kind == "zero":
             return "zero-latency (smtp-sink)"
         spread = f" ± {self.jitter:.0%}" if self.jitter else ""
-        return f"latency-bound ({self.delay * 1000:g} ms{spread})"
+        failing = f", {self.fail_share:.0%} fail once" if self.fail_share else ""
+        return f"latency-bound ({self.delay * 1000:g} ms{spread}{failing})"
 
     def ideal(self, workers: int) -> float | None:
         """Emails/s with no cost but the relay's delay: workers / delay."""
@@ -52,7 +55,7 @@ class Target:
     def start(self, work_dir: Path) -> Sink:
         if self.kind == "zero":
             return SmtpSink(work_dir)
-        return DelaySink(work_dir, delay=self.delay, jitter=self.jitter)
+        return DelaySink(work_dir, delay=self.delay, jitter=self.jitter, fail_share=self.fail_share)
 
 
 @dataclass(slots=True)
@@ -78,6 +81,11 @@ class Point:
     latency_rate: float = 0.0
     sink_cpu_ms_per_email: float = 0.0
     broker_cpu_ms_per_email: float | None = None
+    series: str = "sweep"
+    """"sweep" (the tables and chart), or "failures" (the side-by-side transient-failure pair)."""
+    fail_share: float = 0.0
+    retries: int = 0
+    """Retries the service scheduled (``email_retries_total``), backlog and paced phase."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -172,7 +180,13 @@ def _cpu_per_email(meter: ProcessMeter | None, win: Window) -> float:
 
 
 async def measure_service(
-    ctx: Context, target: Target, *, workers: int, count: int, limit: float
+    ctx: Context,
+    target: Target,
+    *,
+    workers: int,
+    count: int,
+    limit: float,
+    series: str = "sweep",
 ) -> Point:
     """Backlog first, then the service: throughput and CPU; then a paced phase for latency."""
     run_id = _run_id(f"svc{workers}")
@@ -236,6 +250,9 @@ async def measure_service(
         latency_rate=rate,
         sink_cpu_ms_per_email=_cpu_per_email(sink_meter, win),
         broker_cpu_ms_per_email=_cpu_per_email(broker_meter, win) if broker_meter else None,
+        series=series,
+        fail_share=target.fail_share,
+        retries=int(metric(samples, "email_retries_total")),
     )
     if latencies:
         point.p50_ms = percentile(latencies, 0.50) * 1000

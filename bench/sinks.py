@@ -149,7 +149,9 @@ def _email_id(path: Path) -> str:
 class DelaySink:
     """``python -m bench.delay_sink``: the ``250`` after each message comes ``delay`` s later."""
 
-    def __init__(self, work_dir: Path, *, delay: float, jitter: float = 0.0) -> None:
+    def __init__(
+        self, work_dir: Path, *, delay: float, jitter: float = 0.0, fail_share: float = 0.0
+    ) -> None:
         self.label = f"delay sink {delay * 1000:g} ms"
         self._accept_log = work_dir / f"accepted-{time.monotonic_ns()}.log"
         self._accept_log.touch()
@@ -165,6 +167,8 @@ class DelaySink:
             str(delay),
             "--jitter",
             str(jitter),
+            "--fail-share",
+            str(fail_share),
             "--log",
             str(self._accept_log),
         ]

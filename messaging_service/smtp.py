@@ -16,6 +16,7 @@ import aiosmtplib
 from .config import SmtpSecurity, SmtpSettings, tls_client_context
 from .errors import SmtpError, SmtpRejectedError, SmtpTransientError, SmtpUnavailableError
 from .models import OutgoingEmail, RecipientRefusal, SendReport
+from .smtp_wire import transact
 
 # Whatever the relay's own idle limit, NAT gateways and firewalls drop quiet connections
 # without telling either side; a connection idle longer than this is replaced, not reused.
@@ -80,8 +81,12 @@ class SmtpSender:
         """Send one message; raise SmtpTransientError or SmtpRejectedError when it failed."""
         async with self._lease() as lease:
             try:
-                refused, _ = await lease.client.sendmail(
-                    email.sender, list(email.recipients), email.message
+                refused = await transact(
+                    lease.client,
+                    email.sender,
+                    email.recipients,
+                    email.message,
+                    reply_timeout=self._settings.timeout,
                 )
             except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused) as exc:
                 lease.reusable = await _reset(lease.client)
@@ -226,7 +231,8 @@ class SmtpSender:
 async def _reset(client: aiosmtplib.SMTP) -> bool:
     """After a refused transaction: is the session clean enough to reuse?
 
-    sendmail() already sends RSET but ignores its outcome, so send one whose reply we see.
+    The transaction (``smtp_wire.transact``) leaves the envelope to this RSET, whose reply
+    says whether the session can carry the next message.
     """
     if not client.is_connected:
         return False

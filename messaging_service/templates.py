@@ -33,6 +33,11 @@ _MAX_REPEAT = 1_000_000
 _MAX_POWER_BITS = 100_000
 DEFAULT_RENDER_TIMEOUT = 1.0
 
+# Attribute names a plain dict has (methods and dunders): for any other name, jinja's
+# ``getattr(dict, name)`` fails and the sandbox falls back to the item, which is what
+# ``_GuardedSandbox.getattr`` does directly.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
 # The monotonic deadline of the render running in this context (inf: none running).
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar(
     "render_deadline", default=math.inf
@@ -61,6 +66,14 @@ class _GuardedSandbox(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _check_deadline()
+        # ``item.name`` on a plain dict (JSON data): the sandbox would try the attribute first
+        # and catch an AttributeError before looking the item up, an exception per lookup.
+        # For an exact dict whose type has no such attribute the outcome is known in advance.
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
@@ -147,6 +160,10 @@ class TemplateRenderer:
         )
         self._env.filters["money"] = money
         compiled = {name: self._compile(name, origin) for name, (_, origin) in sources.items()}
+        for template in compiled.values():
+            # jinja keeps a template's globals as a ChainMap over the environment's and copies
+            # it twice per render; the globals never change after start-up, so flatten them.
+            template.globals = dict(template.globals)
         self._templates = _assemble(compiled)
 
     @property

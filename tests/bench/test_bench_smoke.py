@@ -76,6 +76,20 @@ def test_quick_run_fills_the_results_section_with_both_tables(quick_run: Path) -
     assert "Problems seen" not in section
 
 
+def test_quick_run_reports_the_transient_failure_pair_side_by_side(quick_run: Path) -> None:
+    doc = (quick_run / "benchmarks.md").read_text(encoding="utf-8")
+    assert "**Transient failures**" in doc
+    assert "| workers | failure-free/s | failing once/s |" in doc
+    results = json.loads((quick_run / "benchmark-results.json").read_text(encoding="utf-8"))
+    pair = [p for p in results["points"] if p["series"] == "failures"]
+    assert sorted(p["fail_share"] for p in pair) == [0.0, 0.05]
+    assert {(p["program"], p["target"], p["workers"]) for p in pair} == {("service", "latency", 10)}
+    free, failing = sorted(pair, key=lambda p: p["fail_share"])
+    assert free["retries"] == 0
+    # 5 % of about 210 messages: none failing at all would take odds of about 1 in 50,000.
+    assert failing["retries"] >= 1
+
+
 def test_quick_run_draws_a_png_chart(quick_run: Path) -> None:
     data = (quick_run / "benchmark-throughput.png").read_bytes()
     assert data.startswith(PNG_SIGNATURE)

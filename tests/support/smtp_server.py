@@ -116,6 +116,7 @@ class SmtpTestServer:
         credentials: tuple[str, str] | None = None,
         tls_context: ssl.SSLContext | None = None,
         tls: Literal["starttls", "implicit"] = "starttls",
+        pipelining: bool = False,
     ) -> None:
         self.host = host
         self._port = port
@@ -123,7 +124,8 @@ class SmtpTestServer:
         self._tls_context = tls_context
         self._tls = tls
         self._state = _State()
-        self._handler = _Handler(self._state)
+        # aiosmtpd reads pipelined commands in order but does not say so in its EHLO reply.
+        self._handler = _Handler(self._state, pipelining=pipelining)
         self._controller: _Controller | None = None
 
     # lifecycle
@@ -393,8 +395,9 @@ class _Authenticator:
 class _Handler:
     """aiosmtpd hooks: log each command, apply the first matching rule, record messages."""
 
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: _State, *, pipelining: bool = False) -> None:
         self._state = state
+        self._pipelining = pipelining
 
     async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook names
         self,
@@ -409,6 +412,8 @@ class _Handler:
         if reply is not MISSING:
             return [reply]
         session.host_name = hostname  # aiosmtpd leaves this to a handler that has the hook
+        if self._pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(  # noqa: N802 - aiosmtpd's hook names
