@@ -62,6 +62,8 @@ class Delivery:
     dead_letter: DeadLetter | None = None
     publish_failures: int = 0
     unexpected_failures: int = 0
+    refusal: tuple[FailureReason, Exception] | None = None
+    """Why preparing it failed (it is dead-lettered by its next step), if it did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,19 +120,36 @@ class RequestHandler:
         self._limits = limits or RequestLimits()
         self._allowed_domains = allowed_domains
 
+    def prepare(self, delivery: Delivery) -> None:
+        """Parse, check and render the request into wire bytes, once; no I/O, never awaits.
+
+        The pipeline calls this before a delivery waits for a worker, so a worker freed by
+        the relay's reply can send at once instead of rendering first. A request that cannot
+        be prepared keeps its reason, and its next step dead-letters it. Other exceptions
+        (bugs) propagate; the delivery stays unprepared and ``process`` tries again.
+        """
+        if delivery.email is not None or delivery.refusal is not None:
+            return
+        try:
+            delivery.email = self._prepare(delivery)
+        except InvalidPayloadError as exc:
+            delivery.refusal = (FailureReason.INVALID_PAYLOAD, exc)
+        except RecipientNotAllowedError as exc:
+            delivery.refusal = (FailureReason.RECIPIENT_NOT_ALLOWED, exc)
+        except TemplateError as exc:
+            delivery.refusal = (FailureReason.TEMPLATE_ERROR, exc)
+
     async def process(self, delivery: Delivery) -> Step:
         """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
         if delivery.dead_letter is not None:
             return await self._publish(delivery)
-        if delivery.email is None:
-            try:
-                delivery.email = self._prepare(delivery)
-            except InvalidPayloadError as exc:
-                return await self._dead_letter(delivery, FailureReason.INVALID_PAYLOAD, exc)
-            except RecipientNotAllowedError as exc:
-                return await self._dead_letter(delivery, FailureReason.RECIPIENT_NOT_ALLOWED, exc)
-            except TemplateError as exc:
-                return await self._dead_letter(delivery, FailureReason.TEMPLATE_ERROR, exc)
+        if delivery.email is None and delivery.refusal is None:
+            self.prepare(delivery)
+            structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
+        if delivery.refusal is not None:
+            reason, error = delivery.refusal
+            return await self._dead_letter(delivery, reason, error)
+        assert delivery.email is not None
         return await self._attempt(delivery, delivery.email)
 
     async def recover(self, delivery: Delivery, error: Exception) -> Step:
@@ -157,10 +176,8 @@ class RequestHandler:
             # An oversized record is not parsed again just to find its id.
             small = value is not None and len(value) <= self._limits.max_record_bytes
             delivery.email_id = guess_request_id(value) if small else None
-            structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
             raise
         delivery.email_id = request.id
-        structlog.contextvars.bind_contextvars(email_id=request.id)
         check_recipient_domains(request, self._allowed_domains)
         return self._builder.build(request, self._renderer.render(request))
 

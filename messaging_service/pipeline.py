@@ -245,8 +245,19 @@ class Pipeline:
             admitted.append((Delivery(record), state))
         self._metrics.consumed.inc(len(admitted))
         for delivery, state in admitted:
-            if not state.revoked:
-                await self._pool.submit(self._job(delivery, state))
+            if state.revoked:
+                continue
+            self._prepare(delivery)
+            await self._pool.submit(self._job(delivery, state))
+            # Let workers whose relay just answered send first: preparing ahead pays only if
+            # it fills the relay's think time rather than delaying the next send.
+            await asyncio.sleep(0)
+
+    def _prepare(self, delivery: Delivery) -> None:
+        """Render while the request waits in the queue, so a free worker only has to send."""
+        # A bug here leaves it unprepared: the worker's step tries again and reports it.
+        with contextlib.suppress(Exception):
+            self._handler.prepare(delivery)
 
     def _job(self, delivery: Delivery, state: PartitionOffsets) -> Job:
         record = delivery.record

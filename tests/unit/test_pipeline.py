@@ -283,6 +283,8 @@ async def test_revocation_finishes_queued_and_running_requests_then_commits() ->
         sender, [request(i) for i in range(10)], workers=1, revocation_timeout=30
     ) as run:
         await sender.wait_sent(lambda sent: len(sent) == 3)
+        async with asyncio.timeout(10):
+            await run.source.exhausted.wait()  # all ten admitted before the revocation
         revoking = asyncio.create_task(run.pipeline.on_revoked([TP]))
         await asyncio.sleep(0.05)
         assert not revoking.done(), "the revocation waits for the request being sent"

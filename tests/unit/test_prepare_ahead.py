@@ -1,0 +1,115 @@
+"""Requests are rendered while they wait for a worker, so a freed worker only has to send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from prometheus_client import CollectorRegistry
+
+from messaging_service.handler import Delivery, Finished, RequestHandler
+from messaging_service.health import Health
+from messaging_service.metrics import Metrics
+from messaging_service.mime import MessageBuilder
+from messaging_service.models import (
+    EmailRequest,
+    FailureReason,
+    Outcome,
+    OutgoingEmail,
+    RenderedEmail,
+    SendReport,
+)
+from messaging_service.offsets import OffsetTracker, TopicPartition
+from messaging_service.pipeline import Pipeline, PipelineSettings
+from messaging_service.pool import WorkerPool
+from messaging_service.retry import RetryPolicy
+from messaging_service.scheduler import DelayQueue
+from messaging_service.templates import TemplateRenderer
+from support.fakes import FakeDeadLetters, FakeSender, FakeSource, record
+
+TP = TopicPartition("email.requests", 0)
+
+
+class CountingRenderer(TemplateRenderer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rendered = 0
+
+    def render(self, request: EmailRequest) -> RenderedEmail:
+        self.rendered += 1
+        return super().render(request)
+
+
+class HeldSender:
+    """The relay takes its time: nothing is accepted until ``answer`` is set."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.started = 0
+
+    async def send(self, email: OutgoingEmail) -> SendReport:
+        self.started += 1
+        await self.answer.wait()
+        return SendReport()
+
+
+def handler_with(sender: HeldSender | FakeSender, renderer: TemplateRenderer) -> RequestHandler:
+    return RequestHandler(
+        renderer=renderer,
+        builder=MessageBuilder("shop@example.com"),
+        sender=sender,
+        dead_letters=FakeDeadLetters(),
+        policy=RetryPolicy(max_retries=3, delays=(1,)),
+        metrics=Metrics(CollectorRegistry()),
+        health=Health(),
+    )
+
+
+def welcome(offset: int) -> bytes:
+    payload = {"id": f"w-{offset}", "template": "welcome", "to": "a@example.com"}
+    return json.dumps({**payload, "data": {"name": "Ann"}}).encode()
+
+
+async def test_queued_requests_are_rendered_while_the_workers_wait_for_the_relay() -> None:
+    sender = HeldSender()
+    renderer = CountingRenderer()
+    source = FakeSource([record(welcome(n), offset=n) for n in range(6)])
+    metrics = Metrics(CollectorRegistry())
+    async with (
+        WorkerPool(size=2, capacity=10) as pool,
+        DelayQueue(pool.submit) as delays,
+    ):
+        pipeline = Pipeline(
+            handler=handler_with(sender, renderer),
+            pool=pool,
+            delays=delays,
+            tracker=OffsetTracker(),
+            metrics=metrics,
+            health=Health(),
+            settings=PipelineSettings(max_in_flight=100, commit_interval=0.01, shutdown_timeout=5),
+        )
+        await pipeline.on_assigned([TP])
+        stop = asyncio.Event()
+        task = asyncio.create_task(pipeline.run(source, stop))
+        async with asyncio.timeout(10):
+            while renderer.rendered < 6:  # noqa: ASYNC110 - no event for the renderer's count
+                await asyncio.sleep(0.01)
+        assert sender.started == 2  # two workers, both waiting for the relay
+        sender.answer.set()
+        async with asyncio.timeout(10):
+            await source.exhausted.wait()
+        stop.set()
+        await task
+    assert renderer.rendered == 6  # once each: the workers did not render again
+    assert sender.started == 6
+
+
+async def test_a_request_that_cannot_be_prepared_is_dead_lettered_by_its_step() -> None:
+    handler = handler_with(FakeSender(), TemplateRenderer())
+    delivery = Delivery(record(b'{"id": "x-1", "template": "no_such_template", "to": "a@b.com"}'))
+    handler.prepare(delivery)
+    assert delivery.email is None
+    assert delivery.refusal is not None
+    assert delivery.refusal[0] is FailureReason.TEMPLATE_ERROR
+    assert delivery.email_id == "x-1"
+    assert await handler.process(delivery) == Finished(Outcome.DEAD_LETTERED)
