@@ -57,12 +57,6 @@ def smtp_settings(relay: SmtpTestServer, **overrides: Any) -> SmtpSettings:
 
 
 @pytest.fixture
-async def relay() -> AsyncIterator[SmtpTestServer]:
-    async with SmtpTestServer() as server:
-        yield server
-
-
-@pytest.fixture
 async def sender(relay: SmtpTestServer) -> AsyncIterator[SmtpSender]:
     async with SmtpSender(smtp_settings(relay), max_connections=1) as smtp:
         yield smtp
