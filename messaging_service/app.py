@@ -219,6 +219,8 @@ async def _watch_relay(
                 await sender.probe()
             except SmtpTransientError as exc:
                 log.warning("smtp_unreachable", error=str(exc), circuit=circuit.state.value)
+            except Exception as exc:  # the task boundary: only this task ever closes the circuit
+                log.error("smtp_probe_crashed", exc_info=exc, circuit=circuit.state.value)
             else:
                 health.smtp_reachable = True
                 log.info("smtp_reachable")

@@ -191,6 +191,7 @@ class RequestHandler:
         if self._limiter is not None:
             await self._limiter.acquire()
         if circuit is not None and circuit.is_open:
+            log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
             return Parked()
         delivery.attempts += 1
         started = time.perf_counter()

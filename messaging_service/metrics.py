@@ -64,7 +64,7 @@ class Metrics:
         )
         self.send_errors = Counter(
             _PREFIX + "send_errors",
-            "Failed SMTP attempts, by kind (transient or rejected).",
+            "Failed SMTP attempts, by kind (transient, unavailable or rejected).",
             ["kind"],
             registry=registry,
         )

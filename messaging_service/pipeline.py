@@ -81,6 +81,10 @@ class Pipeline:
         self._source: RequestSource | None = None
         self._paused = False
         # Set whenever a job starts or finishes: room may have appeared, or a drain may be done.
+        # Several coroutines wait on it and clear it (the loop, a revocation, a drain), so each
+        # waits with ``asyncio.timeout`` around ``wait()``: the waiter is registered at once, and
+        # a set() is never lost to another coroutine's clear() (``wait_for`` would start the
+        # wait one loop iteration later).
         self._progress = asyncio.Event()
         self._fetch_backoff = Backoff(initial=0.2, ceiling=5.0)
         # Jobs held while the relay circuit is open; handed back to the pool when it closes.
@@ -169,7 +173,8 @@ class Pipeline:
                 if left == 0 or now >= deadline:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), deadline - now)
+                    async with asyncio.timeout(deadline - now):
+                        await self._progress.wait()
         finally:
             self._revoking.difference_update(states)
         if left:
@@ -223,7 +228,8 @@ class Pipeline:
             self._paused = True
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), _IDLE_WAIT)
+                async with asyncio.timeout(_IDLE_WAIT):
+                    await self._progress.wait()
             records = await source.fetch(max_records=1, timeout_ms=0)
         if records:
             await self._submit(records)
@@ -340,7 +346,8 @@ class Pipeline:
                 next_commit = now + self._settings.commit_interval
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), min(deadline, next_commit) - now)
+                async with asyncio.timeout(min(deadline, next_commit) - now):
+                    await self._progress.wait()
         await self.commit()
         left = self._tracker.pending
         if left:

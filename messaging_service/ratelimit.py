@@ -2,8 +2,9 @@
 
 One bucket is shared by every worker. Its capacity is fixed and the rate changes by changing
 what each email costs: at ``r`` emails/s an email costs ``_CAPACITY / r`` units of a bucket
-that drains ``_CAPACITY`` units a second. So a cut takes effect at once, also for callers
-already waiting, with aiolimiter's public API only. Bursts are bounded to one second's worth.
+that drains ``_CAPACITY`` units a second. So a cut takes effect at once, from the next
+``acquire()`` on (callers already waiting pay the cost they asked for), with aiolimiter's public
+API only. Bursts are bounded to one second's worth.
 """
 
 from __future__ import annotations

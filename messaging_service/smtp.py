@@ -16,7 +16,7 @@ import aiosmtplib
 from .config import SmtpSecurity, SmtpSettings, tls_client_context
 from .errors import SmtpError, SmtpRejectedError, SmtpTransientError, SmtpUnavailableError
 from .models import OutgoingEmail, RecipientRefusal, SendReport
-from .smtp_wire import transact
+from .smtp_wire import greet, transact
 
 # Whatever the relay's own idle limit, NAT gateways and firewalls drop quiet connections
 # without telling either side; a connection idle longer than this is replaced, not reused.
@@ -188,6 +188,9 @@ class SmtpSender:
         )
         try:
             await client.connect()
+            # Greeted here, not on the first send: a relay that refuses our EHLO and HELO
+            # refuses the session, which says nothing about the message being sent.
+            await greet(client, settings.timeout)
             if settings.username is not None:
                 # Logged in here rather than via the constructor, so no client object
                 # keeps the password in a plain attribute.

@@ -96,7 +96,7 @@ async def transact(
     rcpt_to = [envelope_address(recipient) for recipient in recipients]
     data, size = data_bytes(message)
     if client.is_ehlo_or_helo_needed:
-        await _greet(client, reply_timeout)
+        await greet(client, reply_timeout)
     protocol = client.protocol
     transport = None if protocol is None else protocol.transport
     if protocol is None or transport is None or transport.is_closing():
@@ -137,7 +137,7 @@ async def transact(
     return {refusal.recipient: SMTPResponse(refusal.code, refusal.message) for refusal in refused}
 
 
-async def _greet(client: aiosmtplib.SMTP, reply_timeout: float) -> None:
+async def greet(client: aiosmtplib.SMTP, reply_timeout: float) -> None:
     """EHLO, or HELO for a relay that refuses it (what ``sendmail`` does first)."""
     try:
         await client.ehlo(timeout=reply_timeout)

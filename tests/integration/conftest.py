@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,8 @@ from support.kafka import (
     unique,
 )
 from support.redis_server import RedisServer
+from support.service import ServiceProcess
+from support.smtp_server import SmtpTestServer
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +66,19 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server on a free port in the test's tmp dir, stopped afterwards."""
     with RedisServer(tmp_path / "redis") as server:
         yield server
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[SmtpTestServer]:
+    """A plain aiosmtpd relay on a free port; a module may define its own ``relay`` instead."""
+    async with SmtpTestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServiceProcess]]:
+    """Every service process a test starts; any still running at the end is killed."""
+    started: list[ServiceProcess] = []
+    yield started
+    for process in started:
+        process.kill()

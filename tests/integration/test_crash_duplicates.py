@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import collections
 import signal
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.kafka import Broker, Topics, committed_offsets, produce, wait_for
+from support.kafka import Broker, Topics, committed_total, produce, wait_for
 from support.redis_server import RedisServer
 from support.service import ServiceProcess, request_payload, settings_for
 from support.smtp_server import TRY_LATER, SmtpTestServer
@@ -26,25 +25,6 @@ pytestmark = pytest.mark.integration
 
 REQUESTS = 400
 WORKERS = 4
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[SmtpTestServer]:
-    async with SmtpTestServer() as server:
-        yield server
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for process in started:
-        process.kill()
-
-
-async def committed_total(broker: Broker, topics: Topics) -> int:
-    offsets = await committed_offsets(broker.bootstrap, topics.group, topics.requests)
-    return sum(offset or 0 for offset in offsets.values())
 
 
 async def gauge(service: ServiceProcess, name: str) -> float:

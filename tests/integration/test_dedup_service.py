@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,6 @@ from support.service import in_process, request_payload, settings_for
 from support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[SmtpTestServer]:
-    async with SmtpTestServer() as server:
-        yield server
 
 
 async def wait_committed(broker: Broker, topics: Topics, count: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,12 +12,6 @@ from support.service import headers_of, in_process, request_payload, settings_fo
 from support.smtp_server import TRY_LATER, SmtpTestServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[SmtpTestServer]:
-    async with SmtpTestServer() as server:
-        yield server
 
 
 async def total_committed(broker: Broker, topics: Topics) -> int:

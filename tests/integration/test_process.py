@@ -4,36 +4,15 @@ from __future__ import annotations
 
 import collections
 import signal
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from support.kafka import Broker, Topics, committed_offsets, produce, wait_for
+from support.kafka import Broker, Topics, committed_total, produce, wait_for
 from support.service import ServiceProcess, request_payload, settings_for
 from support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[SmtpTestServer]:
-    async with SmtpTestServer() as server:
-        yield server
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    """Every process a test starts; any still running at the end is killed."""
-    started: list[ServiceProcess] = []
-    yield started
-    for process in started:
-        process.kill()
-
-
-async def committed_total(broker: Broker, topics: Topics) -> int:
-    offsets = await committed_offsets(broker.bootstrap, topics.group, topics.requests)
-    return sum(offset or 0 for offset in offsets.values())
 
 
 async def test_sigterm_drains_in_flight_requests_commits_and_exits_zero(

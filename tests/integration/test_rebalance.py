@@ -7,7 +7,7 @@ import collections
 import json
 import re
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from support.kafka import (
     EmbeddedBroker,
     Topics,
     committed_offsets,
+    committed_total,
     create_topic,
     produce,
     unique,
@@ -27,21 +28,6 @@ from support.service import ServiceProcess, in_process, request_payload, setting
 from support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[SmtpTestServer]:
-    async with SmtpTestServer() as server:
-        yield server
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServiceProcess]]:
-    """Every process a test starts; any still running at the end is killed."""
-    started: list[ServiceProcess] = []
-    yield started
-    for process in started:
-        process.kill()
 
 
 async def gauge(service: ServiceProcess, name: str) -> float:
@@ -205,8 +191,3 @@ async def test_a_broker_restart_mid_batch_loses_nothing_and_the_service_reconnec
     # Only requests finished since the last commit before the restart, and those held
     # (at most max_in_flight) when the group took the partitions back, can be sent twice.
     assert duplicates <= delivered_when_back - committed_before + settings.email.max_in_flight
-
-
-async def committed_total(broker: Broker, topics: Topics) -> int:
-    offsets = await committed_offsets(broker.bootstrap, topics.group, topics.requests)
-    return sum(offset or 0 for offset in offsets.values())

@@ -14,7 +14,7 @@ import aiosmtplib
 import pytest
 
 from messaging_service.config import SmtpSecurity, SmtpSettings
-from messaging_service.errors import SmtpRejectedError, SmtpTransientError
+from messaging_service.errors import SmtpRejectedError, SmtpTransientError, SmtpUnavailableError
 from messaging_service.models import OutgoingEmail, RecipientRefusal, SendReport
 from messaging_service.smtp import SmtpSender
 from support.smtp_server import NO_SUCH_USER, TRY_LATER, SmtpTestServer
@@ -54,12 +54,6 @@ def smtp_settings(relay: SmtpTestServer, **overrides: Any) -> SmtpSettings:
     }
     values.update(overrides)
     return SmtpSettings(_env_file=None, **values)
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[SmtpTestServer]:
-    async with SmtpTestServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -243,6 +237,21 @@ async def test_relay_outage_is_transient_and_the_sender_reconnects_when_it_is_ba
     assert caught.value.code is None
     assert [m.email_id for m in await relay.wait_for_messages(2)] == ["e-1", "e-3"]
     assert relay.connections == 2
+
+
+async def test_refused_ehlo_and_helo_is_a_refused_session_not_a_rejected_message(
+    relay: SmtpTestServer, sender: SmtpSender
+) -> None:
+    """A relay that will not talk to us (HELO policy, blocked client) says nothing about the
+    message: it must count towards the circuit and be retried, never dead-lettered."""
+    relay.script("EHLO", "554 5.7.1 client host rejected")
+    relay.script("HELO", "554 5.7.1 client host rejected")
+
+    with pytest.raises(SmtpUnavailableError) as caught:
+        await sender.send(make_email())
+
+    assert caught.value.code == 554
+    assert relay.messages == []
 
 
 async def test_connection_refused_is_transient_without_code(relay: SmtpTestServer) -> None:

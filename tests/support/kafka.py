@@ -303,3 +303,9 @@ async def committed_offsets(
         if tp.topic == topic and meta.offset >= 0:
             result[tp.partition] = meta.offset
     return result
+
+
+async def committed_total(broker: Broker, topics: Topics) -> int:
+    """The sum of the group's committed offsets over every partition of the requests topic."""
+    offsets = await committed_offsets(broker.bootstrap, topics.group, topics.requests)
+    return sum(offset or 0 for offset in offsets.values())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from messaging_service import app
 from messaging_service.circuit import CircuitBreaker, CircuitState
 from messaging_service.errors import SmtpTransientError, SmtpUnavailableError
 from messaging_service.handler import Delivery, Finished, Parked, RequestHandler, RetryIn
@@ -22,6 +25,7 @@ from messaging_service.pool import WorkerPool
 from messaging_service.ratelimit import SendRateLimiter
 from messaging_service.retry import RetryPolicy
 from messaging_service.scheduler import DelayQueue
+from messaging_service.smtp import SmtpSender
 from messaging_service.templates import TemplateRenderer
 from messaging_service.throttle import AdaptiveRate
 from support.fakes import FakeDeadLetters, FakeSender, FakeSource, record
@@ -202,3 +206,40 @@ async def test_pipeline_pauses_during_an_outage_and_sends_everything_after_it() 
         await task
     assert dead_letters.published == []
     assert len({email.message for email in relay.sent}) == 30
+
+
+class _FlakyProbe:
+    """A sender whose first probe fails with an error nobody translated (a bug)."""
+
+    def __init__(self) -> None:
+        self.probes = 0
+
+    async def probe(self) -> None:
+        self.probes += 1
+        if self.probes == 1:
+            raise RuntimeError("a bug in the probe")
+
+
+async def test_prober_survives_an_unexpected_error_and_still_closes_the_circuit() -> None:
+    """The prober is the only thing that closes the circuit: if it died, the service would
+    hold its parked requests and stay paused for good, and the watchdog excuses that."""
+    circuit = CircuitBreaker(threshold=1)
+    circuit.record_failure()
+    closed = asyncio.Event()
+    circuit.subscribe(lambda state: closed.set() if state is CircuitState.CLOSED else None)
+    health = Health()
+    sender = _FlakyProbe()
+    task = asyncio.create_task(
+        app._watch_relay(cast(SmtpSender, sender), circuit, health, interval=0.01)
+    )
+    waiter = asyncio.create_task(closed.wait())
+    try:
+        await asyncio.wait([task, waiter], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert not task.done(), task.exception()
+        assert not circuit.is_open
+        assert health.smtp_reachable
+    finally:
+        for pending in (task, waiter):
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await pending
