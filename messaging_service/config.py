@@ -7,6 +7,7 @@ import re
 import ssl
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -286,7 +287,20 @@ class DedupSettings(BaseSettings):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        if value is not None and not _redis_address_valid(value.get_secret_value()):
+            raise ValueError("is not a valid Redis URL: check its port and database number")
         return value
+
+
+def _redis_address_valid(url: str) -> bool:
+    """What the Redis client would refuse only at start: a port or database that is no number."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    database = parts.path.lstrip("/")
+    return parts.scheme == "unix" or database == "" or database.isdigit()
 
 
 class RuntimeSettings(BaseSettings):

@@ -296,3 +296,15 @@ def test_a_bad_redis_url_is_refused_without_echoing_it(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError, match="DEDUP_REDIS_URL") as raised:
         load_settings(env_file=None)
     assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://svc:hunter2@redis:notaport/0", "redis://svc:hunter2@redis:6379/zero"]
+)
+def test_a_redis_url_with_a_bad_port_or_database_stops_the_start_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("DEDUP_REDIS_URL", url)
+    with pytest.raises(ConfigError, match=r"DEDUP_REDIS_URL: .*not a valid Redis URL") as raised:
+        load_settings(env_file=None)
+    assert "hunter2" not in str(raised.value)
