@@ -188,11 +188,13 @@ class RequestHandler:
             log.info("email_duplicate_skipped", attempts=delivery.attempts)
             return Finished(Outcome.DUPLICATE)
         circuit = self._circuit
-        if self._limiter is not None:
-            await self._limiter.acquire()
         if circuit is not None and circuit.is_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
             return Parked()
+        if self._limiter is not None:
+            # Should the circuit open while this waits, the send fails fast and is parked
+            # below without counting.
+            await self._limiter.acquire()
         delivery.attempts += 1
         started = time.perf_counter()
         try:
