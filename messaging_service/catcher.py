@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .lifetime import ClosedOnExit
 
 _HEADERS = BytesHeaderParser(policy=email.policy.default)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -35,7 +36,7 @@ class CaughtEmail:
     email_id: str | None
 
 
-class MailCatcher:
+class MailCatcher(ClosedOnExit):
     """An SMTP server in the running event loop that stores each message in ``outbox``.
 
     ``port=0`` picks a free port (read ``port`` after entering). ``on_email`` is called once
@@ -66,14 +67,6 @@ class MailCatcher:
         self._server = await loop.create_server(self._session, host=self.host, port=self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Stop listening and hang up on clients still connected; idempotent."""

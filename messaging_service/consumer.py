@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
 import aiokafka
@@ -12,6 +11,7 @@ from aiokafka.errors import KafkaError
 
 from .config import KafkaSettings, kafka_client_options
 from .errors import RetriableError
+from .lifetime import ClosedOnExit
 from .models import InboundRecord
 from .offsets import TopicPartition
 
@@ -22,7 +22,7 @@ class ConsumerError(RetriableError):
     """Fetching or committing failed; the loop backs off and tries again."""
 
 
-class KafkaRequestConsumer:
+class KafkaRequestConsumer(ClosedOnExit):
     """Subscribes to the requests topic with auto-commit off; commits only what it is told."""
 
     def __init__(
@@ -69,14 +69,6 @@ class KafkaRequestConsumer:
             ) from exc
         self._started = True
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Leave the group. Commits happen before this, never here."""

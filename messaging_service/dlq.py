@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from .config import KafkaSettings
 from .errors import DeadLetterUnavailableError
+from .lifetime import ClosedOnExit
 from .models import DeadLetter
 from .publish import Publisher, PublishError
 
@@ -58,7 +57,7 @@ def dead_letter_headers(letter: DeadLetter, *, group_id: str) -> list[tuple[str,
     return [*record.headers, *((name, value.encode()) for name, value in added.items())]
 
 
-class KafkaDeadLetterSink:
+class KafkaDeadLetterSink(ClosedOnExit):
     """Publishes to the dead-letter topic and waits for the broker's acknowledgement."""
 
     def __init__(self, settings: KafkaSettings) -> None:
@@ -71,14 +70,6 @@ class KafkaDeadLetterSink:
         except PublishError as exc:
             raise DeadLetterUnavailableError(str(exc)) from exc
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         await self._publisher.close()

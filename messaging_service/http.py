@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .health import Health
+from .lifetime import ClosedOnExit
 
 
 def build_app(
@@ -45,7 +45,7 @@ def build_app(
     return app
 
 
-class HttpServer:
+class HttpServer(ClosedOnExit):
     """Serves an aiohttp application; ``port`` is the bound port (useful with port 0)."""
 
     def __init__(self, app: web.Application, *, host: str, port: int) -> None:
@@ -62,14 +62,6 @@ class HttpServer:
         self._started = True
         self.port = int(self._runner.addresses[0][1])
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         if self._started:

@@ -8,8 +8,9 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeAlias
+
+from .lifetime import ClosedOnExit
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class WorkerPool:
+class WorkerPool(ClosedOnExit):
     """``size`` workers take jobs from a queue of at most ``capacity`` jobs waiting.
 
     At most ``capacity + size`` jobs are in the pool at once: ``capacity`` queued and one
@@ -100,14 +101,6 @@ class WorkerPool:
             for n in range(self._size)
         ]
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def free_slots(self) -> int:

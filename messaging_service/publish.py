@@ -7,7 +7,6 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -15,6 +14,7 @@ from aiokafka.errors import KafkaError
 
 from .config import KafkaSettings, kafka_client_options
 from .errors import ServiceError
+from .lifetime import ClosedOnExit
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -70,7 +70,7 @@ def encode_request(request: Mapping[str, Any]) -> bytes:
     return json.dumps(request, ensure_ascii=False).encode()
 
 
-class Publisher:
+class Publisher(ClosedOnExit):
     """A producer that waits for the broker's acknowledgement (acks=all) of each record."""
 
     def __init__(self, settings: KafkaSettings, *, client_id: str) -> None:
@@ -97,14 +97,6 @@ class Publisher:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         self._started = True
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         if self._started:

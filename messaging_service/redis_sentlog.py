@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 import structlog
 from redis.asyncio import Redis
@@ -20,6 +19,7 @@ from redis.exceptions import RedisError
 
 from .config import DedupSettings
 from .errors import SentLogUnavailableError
+from .lifetime import ClosedOnExit
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 _HOLD_OFF = 1.0
 
 
-class RedisSentLog:
+class RedisSentLog(ClosedOnExit):
     """A SentLog in Redis. Use as an async context manager; closing twice is harmless."""
 
     def __init__(
@@ -57,15 +57,7 @@ class RedisSentLog:
             log.info("dedup_store_ready", store="redis")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()

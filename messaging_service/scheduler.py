@@ -10,8 +10,8 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
+from .lifetime import ClosedOnExit
 from .pool import Job
 
 _log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ class SchedulerClosedError(RuntimeError):
     """The delay queue is closed and takes no more jobs."""
 
 
-class DelayQueue:
+class DelayQueue(ClosedOnExit):
     """Hands each scheduled job to ``submit`` once its delay has passed.
 
     Jobs leave in order of due time, first scheduled first among equal due times. One
@@ -61,14 +61,6 @@ class DelayQueue:
             raise RuntimeError("a delay queue starts only once")
         self._task = asyncio.create_task(self._run(), name="delay-queue")
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def __len__(self) -> int:
         """Jobs not handed on yet, including one whose submit is still waiting."""

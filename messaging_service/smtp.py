@@ -9,12 +9,12 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 
 import aiosmtplib
 
 from .config import SmtpSecurity, SmtpSettings, tls_client_context
 from .errors import SmtpError, SmtpRejectedError, SmtpTransientError, SmtpUnavailableError
+from .lifetime import ClosedOnExit
 from .models import OutgoingEmail, RecipientRefusal, SendReport
 from .smtp_wire import greet, transact
 
@@ -33,7 +33,7 @@ class _Lease:
     reusable: bool = False
 
 
-class SmtpSender:
+class SmtpSender(ClosedOnExit):
     """Sends messages to one relay over at most ``max_connections`` reused connections.
 
     Connections are opened lazily (entering the context connects nothing, so the service
@@ -64,14 +64,6 @@ class SmtpSender:
 
     async def __aenter__(self) -> SmtpSender:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def open_connections(self) -> int:

@@ -101,6 +101,6 @@ async def test_close_is_idempotent(redis: RedisServer) -> None:
     log = RedisSentLog(dedup_settings(redis.url))
     async with log:
         await log.record("a")
-    await log.aclose()
+    await log.close()
     with pytest.raises(SentLogUnavailableError, match="closed"):
         await log.seen("a")
