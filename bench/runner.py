@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from support.kafka import create_topic
 
@@ -179,6 +179,36 @@ def _cpu_per_email(meter: ProcessMeter | None, win: Window) -> float:
     return meter.cpu_between(win.start, win.end) * 1000 / win.emails
 
 
+def _point(
+    program: Program,
+    target: Target,
+    *,
+    workers: int,
+    emails: int,
+    win: Window,
+    own: ProcessMeter,
+    sink_meter: ProcessMeter | None,
+    wall: float,
+    **extra: Any,
+) -> Point:
+    """What every point measures the same way, whichever program sent the emails."""
+    return Point(
+        program=program,
+        target=target.kind,
+        workers=workers,
+        emails=emails,
+        throughput=win.rate,
+        cpu_ms_per_email=_cpu_per_email(own, win),
+        peak_rss_mb=own.peak_rss / 2**20,
+        window_emails=win.emails,
+        window_seconds=win.seconds,
+        wall_seconds=wall,
+        ideal=target.ideal(workers),
+        sink_cpu_ms_per_email=_cpu_per_email(sink_meter, win),
+        **extra,
+    )
+
+
 async def measure_service(
     ctx: Context,
     target: Target,
@@ -234,21 +264,17 @@ async def measure_service(
             service.kill()
         sink.stop()
     latencies = _latencies(paced, stamps)
-    point = Point(
-        program="service",
-        target=target.kind,
+    point = _point(
+        "service",
+        target,
         workers=workers,
         emails=count,
-        throughput=win.rate,
-        cpu_ms_per_email=_cpu_per_email(own, win),
-        peak_rss_mb=own.peak_rss / 2**20,
-        window_emails=win.emails,
-        window_seconds=win.seconds,
-        wall_seconds=wall,
-        ideal=target.ideal(workers),
+        win=win,
+        own=own,
+        sink_meter=sink_meter,
+        wall=wall,
         latency_samples=len(latencies),
         latency_rate=rate,
-        sink_cpu_ms_per_email=_cpu_per_email(sink_meter, win),
         broker_cpu_ms_per_email=_cpu_per_email(broker_meter, win) if broker_meter else None,
         series=series,
         fail_share=target.fail_share,
@@ -317,19 +343,15 @@ async def measure_plain(
     wall = time.monotonic() - began
     win = window([a.at for a in accepted])
     assert own is not None
-    point = Point(
-        program="plain",
-        target=target.kind,
+    point = _point(
+        "plain",
+        target,
         workers=concurrency,
         emails=count,
-        throughput=win.rate,
-        cpu_ms_per_email=_cpu_per_email(own, win),
-        peak_rss_mb=own.peak_rss / 2**20,
-        window_emails=win.emails,
-        window_seconds=win.seconds,
-        wall_seconds=wall,
-        ideal=target.ideal(concurrency),
-        sink_cpu_ms_per_email=_cpu_per_email(sink_meter, win),
+        win=win,
+        own=own,
+        sink_meter=sink_meter,
+        wall=wall,
     )
     if code != 0:
         point.problems.append(f"the plain loop exited with {code}")
