@@ -19,18 +19,13 @@ from messaging_service.health import Health
 from messaging_service.metrics import Metrics
 from messaging_service.mime import MessageBuilder
 from messaging_service.models import InboundRecord, Outcome, OutgoingEmail, SendReport
-from messaging_service.offsets import OffsetTracker, TopicPartition
-from messaging_service.pipeline import Pipeline, PipelineSettings
-from messaging_service.pool import WorkerPool
 from messaging_service.ratelimit import SendRateLimiter
 from messaging_service.retry import RetryPolicy
-from messaging_service.scheduler import DelayQueue
 from messaging_service.smtp import SmtpSender
 from messaging_service.templates import TemplateRenderer
 from messaging_service.throttle import AdaptiveRate
-from support.fakes import FakeDeadLetters, FakeSender, FakeSource, record
-
-TP = TopicPartition("email.requests", 0)
+from support.fakes import FakeDeadLetters, FakeSender, record
+from support.pipeline import TP, running
 
 
 def request(offset: int) -> InboundRecord:
@@ -159,39 +154,10 @@ class Relay:
 
 async def test_pipeline_pauses_during_an_outage_and_sends_everything_after_it() -> None:
     relay = Relay()
-    source = FakeSource([request(n) for n in range(30)])
     circuit = CircuitBreaker(threshold=3)
-    tracker = OffsetTracker()
-    health = Health()
-    dead_letters = FakeDeadLetters()
-    metrics = Metrics(CollectorRegistry())
-    async with (
-        WorkerPool(size=4, capacity=4) as pool,
-        DelayQueue(pool.submit) as delays,
-    ):
-        handler = RequestHandler(
-            renderer=TemplateRenderer(),
-            builder=MessageBuilder("shop@example.com"),
-            sender=relay,
-            dead_letters=dead_letters,
-            policy=RetryPolicy(max_retries=3, delays=(0.01,)),
-            metrics=metrics,
-            health=health,
-            circuit=circuit,
-        )
-        pipeline = Pipeline(
-            handler=handler,
-            pool=pool,
-            delays=delays,
-            tracker=tracker,
-            metrics=metrics,
-            health=health,
-            settings=PipelineSettings(max_in_flight=100, commit_interval=0.01, shutdown_timeout=5),
-            circuit=circuit,
-        )
-        await pipeline.on_assigned([TP])
-        stop = asyncio.Event()
-        task = asyncio.create_task(pipeline.run(source, stop))
+    records = [request(n) for n in range(30)]
+    async with running(relay, records, buffer=4, retry_delay=0.01, circuit=circuit) as run:
+        source, pipeline = run.source, run.pipeline
         async with asyncio.timeout(20):
             await wait_until(lambda: circuit.is_open and pipeline.parked > 0 and source.paused)
             tries = relay.tries
@@ -202,9 +168,7 @@ async def test_pipeline_pauses_during_an_outage_and_sends_everything_after_it() 
             relay.up = True
             circuit.close()
             await wait_until(lambda: len(relay.sent) == 30 and source.committed.get(TP) == 30)
-        stop.set()
-        await task
-    assert dead_letters.published == []
+    assert run.dead_letters.published == []
     assert len({email.message for email in relay.sent}) == 30
 
 

@@ -5,28 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-
-from prometheus_client import CollectorRegistry
+from collections.abc import Callable
 
 from messaging_service.errors import SmtpTransientError
-from messaging_service.handler import RequestHandler
-from messaging_service.health import Health
 from messaging_service.metrics import Metrics
-from messaging_service.mime import MessageBuilder
 from messaging_service.models import InboundRecord, OutgoingEmail, SendReport
-from messaging_service.offsets import OffsetTracker, TopicPartition
-from messaging_service.pipeline import Pipeline, PipelineSettings
-from messaging_service.pool import WorkerPool
-from messaging_service.retry import RetryPolicy
-from messaging_service.scheduler import DelayQueue
-from messaging_service.templates import TemplateRenderer
 from messaging_service.watchdog import Watchdog
-from support.fakes import FakeDeadLetters, FakeSource, record
-
-TP = TopicPartition("email.requests", 0)
+from support.fakes import record
+from support.pipeline import TP, running
 
 
 def request(offset: int) -> InboundRecord:
@@ -79,74 +65,6 @@ class ScriptedSender:
             while not predicate(self.sent):
                 self.sent_event.clear()
                 await self.sent_event.wait()
-
-
-@dataclass
-class Running:
-    pipeline: Pipeline
-    pool: WorkerPool
-    tracker: OffsetTracker
-    metrics: Metrics
-    source: FakeSource
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-
-
-@asynccontextmanager
-async def running(
-    sender: ScriptedSender,
-    records: list[InboundRecord],
-    *,
-    workers: int = 4,
-    buffer: int = 8,
-    max_in_flight: int = 100,
-    retry_delay: float = 30.0,
-    shutdown_timeout: float = 10.0,
-    refill: int = 1,
-    revocation_timeout: float = 0.0,
-    watchdog: Watchdog | None = None,
-) -> AsyncIterator[Running]:
-    source = FakeSource(records)
-    tracker = OffsetTracker()
-    health = Health()
-    metrics = Metrics(CollectorRegistry())
-    async with (
-        WorkerPool(size=workers, capacity=buffer) as pool,
-        DelayQueue(pool.submit) as delays,
-    ):
-        handler = RequestHandler(
-            renderer=TemplateRenderer(),
-            builder=MessageBuilder("shop@example.com"),
-            sender=sender,
-            dead_letters=FakeDeadLetters(),
-            policy=RetryPolicy(max_retries=3, delays=(retry_delay,)),
-            metrics=metrics,
-            health=health,
-        )
-        pipeline = Pipeline(
-            handler=handler,
-            pool=pool,
-            delays=delays,
-            tracker=tracker,
-            metrics=metrics,
-            health=health,
-            settings=PipelineSettings(
-                max_in_flight=max_in_flight,
-                commit_interval=0.01,
-                shutdown_timeout=shutdown_timeout,
-                refill=refill,
-                revocation_timeout=revocation_timeout,
-            ),
-            watchdog=watchdog,
-        )
-        await pipeline.on_assigned([TP])
-        stop = asyncio.Event()
-        task = asyncio.create_task(pipeline.run(source, stop))
-        try:
-            yield Running(pipeline, pool, tracker, metrics, source, stop, task)
-        finally:
-            stop.set()
-            await task
 
 
 async def test_every_request_is_sent_and_committed() -> None:

@@ -19,15 +19,10 @@ from messaging_service.models import (
     RenderedEmail,
     SendReport,
 )
-from messaging_service.offsets import OffsetTracker, TopicPartition
-from messaging_service.pipeline import Pipeline, PipelineSettings
-from messaging_service.pool import WorkerPool
 from messaging_service.retry import RetryPolicy
-from messaging_service.scheduler import DelayQueue
 from messaging_service.templates import TemplateRenderer
-from support.fakes import FakeDeadLetters, FakeSender, FakeSource, record
-
-TP = TopicPartition("email.requests", 0)
+from support.fakes import FakeDeadLetters, FakeSender, record
+from support.pipeline import running
 
 
 class CountingRenderer(TemplateRenderer):
@@ -73,33 +68,15 @@ def welcome(offset: int) -> bytes:
 async def test_queued_requests_are_rendered_while_the_workers_wait_for_the_relay() -> None:
     sender = HeldSender()
     renderer = CountingRenderer()
-    source = FakeSource([record(welcome(n), offset=n) for n in range(6)])
-    metrics = Metrics(CollectorRegistry())
-    async with (
-        WorkerPool(size=2, capacity=10) as pool,
-        DelayQueue(pool.submit) as delays,
-    ):
-        pipeline = Pipeline(
-            handler=handler_with(sender, renderer),
-            pool=pool,
-            delays=delays,
-            tracker=OffsetTracker(),
-            metrics=metrics,
-            health=Health(),
-            settings=PipelineSettings(max_in_flight=100, commit_interval=0.01, shutdown_timeout=5),
-        )
-        await pipeline.on_assigned([TP])
-        stop = asyncio.Event()
-        task = asyncio.create_task(pipeline.run(source, stop))
+    records = [record(welcome(n), offset=n) for n in range(6)]
+    async with running(sender, records, workers=2, buffer=10, renderer=renderer) as run:
         async with asyncio.timeout(10):
             while renderer.rendered < 6:  # noqa: ASYNC110 - no event for the renderer's count
                 await asyncio.sleep(0.01)
         assert sender.started == 2  # two workers, both waiting for the relay
         sender.answer.set()
         async with asyncio.timeout(10):
-            await source.exhausted.wait()
-        stop.set()
-        await task
+            await run.source.exhausted.wait()
     assert renderer.rendered == 6  # once each: the workers did not render again
     assert sender.started == 6
 
