@@ -14,9 +14,17 @@ next, so the duplicates each one may cause can be told apart:
    restart loads it, so ids recorded before the outage are still known afterwards; ids the
    service failed to record during the outage are not.
 
-Routine failures run throughout: every twentieth request's recipient is deferred once (451),
-every hundredth uses a template that does not exist and every hundredth-and-fiftieth has its
-recipient refused (550): those two kinds are dead-lettered.
+Routine failures run throughout: one request in twenty is deferred once (451) and retried,
+one in a hundred names a template that does not exist and one in 150 has its recipient
+refused (550); those two kinds are dead-lettered.
+
+20 requests a second for two minutes (2,400), three replicas of four workers on six
+partitions; the whole test takes a little over two minutes on an idle machine. The broker is
+Tansu with S3 storage (moto, in a process of its own); the fixture always starts its own, even
+with ``KAFKA_BOOTSTRAP_SERVERS`` set, since it restarts it. A restartable Apache Kafka only has
+to satisfy ``support.broker_restart.RestartableBroker`` to take its place. A summary of the
+counts and a timeline of the faults is printed (``-s`` shows it) and written to
+``soak-summary.txt`` in the test's tmp dir.
 
 What must hold at the end (counts, never timing):
 - nothing lost: every request id reached the relay or, for the bad ones only, the dead-letter
