@@ -86,6 +86,10 @@ def test_policy_and_ceiling_are_validated() -> None:
         AimdPolicy(recovery=0)
     with pytest.raises(ValueError, match="ceiling"):
         AdaptiveRate(0)
+    with pytest.raises(ValueError, match="min_attempts"):
+        PushBack(min_count=5, min_attempts=4)
+    with pytest.raises(ValueError, match="memory"):
+        RateMeter(memory=0)
 
 
 def test_rate_meter_reports_the_last_whole_second() -> None:
