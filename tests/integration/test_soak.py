@@ -1,18 +1,23 @@
 """A soak with every fault: two minutes of steady traffic to three replicas while things break.
 
 A producer publishes requests at a steady rate to three service processes sharing one Redis
-(the sent-id record). At fixed points of the producer's progress (after N requests sent,
-never at a time of day) the faults follow one another, each given time to settle before the
-next, so the duplicates each one may cause can be told apart:
+(the sent-id record). Each fault starts at a fixed point of the producer's progress (after N
+requests sent, never at a time of day) and lasts a fixed time:
 
-1. the relay goes away for 15 s and comes back (the circuit opens, requests are parked);
-2. the broker stops for longer than the group's session timeout and starts again on the same
-   port and storage (Tansu with S3 storage; any ``RestartableBroker`` fits);
-3. one replica is killed with SIGKILL and started again;
-4. Redis stops for a few seconds and starts again on the same port. It is the persistent kind
+1. after ~10 s the relay goes away for 15 s and comes back (the circuit opens, requests are
+   parked, consumption pauses);
+2. after ~15 s, in the middle of the relay outage, the broker stops for longer than the
+   group's session timeout and starts again on the same port and storage (Tansu with S3
+   storage; any ``RestartableBroker`` fits): the group rebalances while requests are parked;
+3. after ~60 s one replica is killed with SIGKILL and started again;
+4. after ~90 s Redis stops for 5 s and starts again on the same port. It is the persistent kind
    of the compose stack (Redis's default snapshotting): SIGTERM writes its snapshot and the
    restart loads it, so ids recorded before the outage are still known afterwards; ids the
    service failed to record during the outage are not.
+
+The kill and the Redis outage are kept apart from the rest and from each other, so that the
+duplicates each may cause can be told apart: the kill's are bounded by the workers of the
+killed replica, the Redis outage's by the ids it touched (logged).
 
 Routine failures run throughout: one request in twenty is deferred once (451) and retried,
 one in a hundred names a template that does not exist and one in 150 has its recipient
@@ -73,11 +78,11 @@ BROKER_DOWN = 5.0  # longer than the Tansu session timeout (2 s): the group laps
 REPLICA_DOWN = 2.0
 REDIS_DOWN = 5.0
 
-# When each fault starts, as requests sent so far; each one has settled well before the next.
+# When each fault starts, as requests sent so far.
 RELAY_AT = REQUESTS // 12  # after ~10 s
-BROKER_AT = REQUESTS // 3  # ~40 s
-KILL_AT = REQUESTS * 7 // 12  # ~70 s
-REDIS_AT = REQUESTS * 19 // 24  # ~95 s
+BROKER_AT = REQUESTS // 8  # ~15 s: in the middle of the relay outage
+KILL_AT = REQUESTS // 2  # ~60 s, everything settled again
+REDIS_AT = REQUESTS * 3 // 4  # ~90 s
 
 
 def is_flaky(n: int) -> bool:
@@ -281,14 +286,15 @@ async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_ever
             (REDIS_AT, lambda: during(REDIS_DOWN, "redis", redis.stop, redis.start)),
         ]
 
-        async def faults() -> None:
-            for after, fault in schedule:
-                await producer.reached(after)
-                await fault()
+        async def when(after: int, fault: Callable[[], Awaitable[None]]) -> None:
+            await producer.reached(after)
+            await fault()
 
+        # Each fault waits for its own point of the producer's progress: they may overlap.
         async with asyncio.TaskGroup() as group:
             group.create_task(producer.run())
-            group.create_task(faults())
+            for after, fault in schedule:
+                group.create_task(when(after, fault))
         timeline.note(f"producer done, {producer.acknowledged} acknowledged")
 
         problems: list[str] = []
