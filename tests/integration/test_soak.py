@@ -190,13 +190,13 @@ class Timeline:
         self.entries.append(f"{elapsed:6.1f}s sent={self.producer.sent:5d} {what}")
 
 
-async def in_flight(replica: ServiceProcess) -> float:
+async def gauge(replica: ServiceProcess, name: str) -> float:
     _, text = await replica.get("/metrics")
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "email_in_flight_requests":
+            if sample.name == name:
                 return sample.value
-    raise AssertionError("email_in_flight_requests is not exported")
+    raise AssertionError(f"{name} is not exported")
 
 
 def ids_in(records: list[Any]) -> list[str]:
@@ -268,7 +268,10 @@ async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_ever
 
         async def kill_and_restart() -> None:
             victim = replicas[-1]
-            observed["in_flight_at_kill"] = await in_flight(victim)
+            observed["in_flight_at_kill"] = await gauge(victim, "email_in_flight_requests")
+            observed["uncommitted_at_kill"] = await gauge(
+                victim, "email_uncommitted_finished_offsets"
+            )
             victim.kill()  # SIGKILL: no drain, no commit, no record of the sends under way
             assert victim.process.returncode == -signal.SIGKILL
             timeline.note(
@@ -384,6 +387,7 @@ async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_ever
         "duplicate_bound": bound,
         "dedup_unavailable_ids": len(dedup_failed),
         "in_flight_at_kill": observed.get("in_flight_at_kill"),
+        "finished_uncommitted_at_kill": observed.get("uncommitted_at_kill"),
         "skipped_as_already_sent": counts["email_duplicate_skipped"],
         "dead_letters_unique": len(dead),
         "dead_letter_duplicates": dead_duplicates,
