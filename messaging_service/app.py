@@ -65,7 +65,7 @@ async def run_service(
         settings.email.templates_dir, render_timeout=settings.email.render_timeout
     )
     builder = MessageBuilder(settings.email.sender)
-    tracker = OffsetTracker()
+    tracker = OffsetTracker(map_max_bytes=settings.kafka.offset_map_max_bytes)
     email = settings.email
     # Never more failures than a request has attempts: an outage must open the circuit
     # before any request could run out of retries because of it.
@@ -146,6 +146,7 @@ async def run_service(
                 parked=lambda: pipeline.parked,
                 rate_limit=limiter.allowed,
                 stalled_seconds=stalled,
+                offset_map_left_out=lambda: tracker.map_left_out,
             )
         )
         await stack.enter_async_context(
@@ -153,7 +154,10 @@ async def run_service(
         )
         consumer = await stack.enter_async_context(
             KafkaRequestConsumer(
-                settings.kafka, on_assigned=pipeline.on_assigned, on_revoked=pipeline.on_revoked
+                settings.kafka,
+                on_assigned=pipeline.on_assigned,
+                on_revoked=pipeline.on_revoked,
+                on_restored=tracker.restore,
             )
         )
         log.info(

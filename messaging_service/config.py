@@ -112,6 +112,13 @@ class KafkaSettings(BaseSettings):
     # How long the broker may hold a fetch waiting for data: bounds the latency of a request
     # that arrives on an idle topic (aiokafka's default is 500 ms).
     fetch_max_wait_ms: int = Field(default=100, ge=0)
+    # The offset map: finished offsets above the commit point, written into each commit's
+    # metadata in at most this many characters (0: off), so a restart or a new owner skips
+    # them. It must stay within the broker's offset.metadata.max.bytes (4096 by default);
+    # what does not fit is left out, lowest offsets kept (docs/operations.md).
+    offset_map_max_bytes: int = Field(default=3072, ge=0, le=1_048_576)
+    # How long a new assignment waits for its committed offsets' maps before going on without.
+    offset_map_fetch_timeout_ms: int = Field(default=5000, gt=0)
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -22,7 +22,7 @@ from .handler import Delivery, Parked, RequestHandler, RetryIn, Step
 from .health import Health
 from .metrics import Metrics
 from .models import InboundRecord, Outcome
-from .offsets import OffsetTracker, PartitionOffsets, TopicPartition
+from .offsets import Commit, OffsetTracker, PartitionOffsets, TopicPartition, Tracked
 from .pool import CURRENT_WORKER, Job, JobStatus, WorkerPool
 from .retry import Backoff
 from .scheduler import DelayQueue
@@ -41,7 +41,7 @@ class RequestSource(Protocol):
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]: ...
     def pause_all(self) -> None: ...
     def resume_all(self) -> None: ...
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    async def commit(self, commits: Mapping[TopicPartition, Commit]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +197,7 @@ class Pipeline:
         self._metrics.commits.inc()
         log.debug(
             "offsets_committed",
-            offsets={f"{tp.topic}-{tp.partition}": o for tp, o in offsets.items()},
+            offsets={f"{tp.topic}-{tp.partition}": c.offset for tp, c in offsets.items()},
         )
 
     def _on_circuit(self, state: CircuitState) -> None:
@@ -247,7 +247,16 @@ class Pipeline:
                 continue  # being revoked: finish what we hold, the new owner reads the rest
             if not admitted:
                 self._watch()  # the stall clock starts now if nothing was waiting before
-            state.track(record.offset)
+            if state.track(record.offset) is Tracked.FINISHED_BEFORE:
+                # The last commit's offset map lists it as finished: finished at once, unsent.
+                self._metrics.skipped_finished.inc()
+                log.debug(
+                    "email_skipped_finished",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+                continue
             admitted.append((Delivery(record), state))
         self._metrics.consumed.inc(len(admitted))
         for delivery, state in admitted:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from messaging_service.errors import DeadLetterUnavailableError, SentLogUnavailableError
 from messaging_service.models import DeadLetter, InboundRecord, OutgoingEmail, SendReport
-from messaging_service.offsets import TopicPartition
+from messaging_service.offsets import Commit, TopicPartition
 
 Script = SendReport | Exception
 
@@ -85,6 +85,7 @@ class FakeSource:
         self.fetches: list[tuple[bool, int]] = []  # (paused at the time, max_records)
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed: dict[TopicPartition, int] = {}
+        self.metadata: dict[TopicPartition, str] = {}  # the last commit's offset map
         self.exhausted = asyncio.Event()
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
@@ -106,12 +107,14 @@ class FakeSource:
     def resume_all(self) -> None:
         self.paused = False
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
-        for tp, offset in offsets.items():
+    async def commit(self, commits: Mapping[TopicPartition, Commit]) -> None:
+        self.commits.append({tp: commit.offset for tp, commit in commits.items()})
+        for tp, commit in commits.items():
+            offset = commit.offset
             previous = self.committed.get(tp, -1)
             assert offset >= previous, f"commit went backwards on {tp}: {previous} -> {offset}"
             self.committed[tp] = offset
+            self.metadata[tp] = commit.metadata
 
 
 def record(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from messaging_service.offsets import OffsetTracker, PartitionOffsets, TopicPartition
+from messaging_service.offsets import Commit, OffsetTracker, PartitionOffsets, TopicPartition
 
 TP = TopicPartition("emails", 0)
 OTHER = TopicPartition("emails", 1)
@@ -66,13 +66,13 @@ def test_gaps_in_offsets_are_skipped() -> None:
 
 def test_to_commit_only_when_the_commit_point_moved() -> None:
     state = tracked(5, 6, 7)
-    assert state.to_commit() == 5  # never committed: the first commit is worth making
+    assert state.to_commit() == Commit(5)  # never committed: the first commit is worth making
     state.mark_committed(5)
     assert state.to_commit() is None
     state.finish(6)
     assert state.to_commit() is None  # 5 still holds the point
     state.finish(5)
-    assert state.to_commit() == 7
+    assert state.to_commit() == Commit(7)
     state.mark_committed(7)
     assert state.committed == 7
     assert state.to_commit() is None
@@ -98,7 +98,7 @@ def test_a_mark_past_the_commit_point_holds_to_commit_back_until_passed() -> Non
     state.finish(101)
     assert state.finished_uncommitted == 1
     state.finish(100)
-    assert state.to_commit() == 102
+    assert state.to_commit() == Commit(102)
     assert state.finished_uncommitted == 2
 
 
@@ -221,7 +221,8 @@ class PartitionMachine(RuleBasedStateMachine):
 
     @rule()
     def commit(self) -> None:
-        offset = self.state.to_commit()
+        commit = self.state.to_commit()
+        offset = None if commit is None else commit.offset
         assert offset == self._expected_to_commit()
         if offset is not None:
             self.state.mark_committed(offset)
@@ -307,11 +308,11 @@ def test_tracker_to_commit_lists_only_partitions_whose_point_moved() -> None:
     tracker.get(TP).track(0)
     tracker.get(OTHER).track(10)
     tracker.get(OTHER).track(11)
-    assert tracker.to_commit() == {TP: 0, OTHER: 10}
-    tracker.mark_committed({TP: 0, OTHER: 10})
+    assert tracker.to_commit() == {TP: Commit(0), OTHER: Commit(10)}
+    tracker.mark_committed({TP: Commit(0), OTHER: Commit(10)})
     assert tracker.to_commit() == {}
     tracker.get(OTHER).finish(10)
-    assert tracker.to_commit() == {OTHER: 11}
+    assert tracker.to_commit() == {OTHER: Commit(11)}
 
 
 def test_mark_committed_ignores_partitions_no_longer_assigned() -> None:
@@ -321,12 +322,12 @@ def test_mark_committed_ignores_partitions_no_longer_assigned() -> None:
     old.track(0)
     old.finish(0)
     offsets = tracker.to_commit()
-    assert offsets == {TP: 1}
+    assert offsets == {TP: Commit(1)}
     tracker.revoke([TP])
     tracker.mark_committed(offsets)
     assert old.committed is None
     assert tracker.partitions() == [OTHER]
-    tracker.mark_committed({TopicPartition("elsewhere", 3): 5})
+    tracker.mark_committed({TopicPartition("elsewhere", 3): Commit(5)})
 
 
 def test_tracker_counts_add_up_over_partitions() -> None:
