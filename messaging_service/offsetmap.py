@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ _HEAD = len(PREFIX) + 2  # prefix, kind letter, ":"
 # Kafka offsets are signed 64-bit; anything past this is not an offset a broker can hold.
 _MAX_OFFSET = (1 << 63) - 1
 _MAX_VARINT_BYTES = 10
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 Run = tuple[int, int]
 """Finished offsets ``start`` up to (not including) ``stop``."""
@@ -104,10 +106,12 @@ def decode(text: str, *, committed: int) -> OffsetMap | Unreadable:
     kind = text[len(PREFIX)]
     if kind not in (_RUNS, _BITS):
         return Unreadable("unknown kind")
+    body = text[_HEAD:]
+    if not _BASE64URL.fullmatch(body):
+        return Unreadable("not base64")
     try:
-        raw = text[_HEAD:].encode("ascii")
-        payload = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
-    except (UnicodeEncodeError, binascii.Error, ValueError):
+        payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError):
         return Unreadable("not base64")
     try:
         base, position = _read_varint(payload, 0)

@@ -15,6 +15,7 @@ from messaging_service.health import Health
 from messaging_service.metrics import Metrics
 from messaging_service.mime import MessageBuilder
 from messaging_service.models import InboundRecord, Sender
+from messaging_service.offsetmap import OffsetMap
 from messaging_service.offsets import OffsetTracker, TopicPartition
 from messaging_service.pipeline import Pipeline, PipelineSettings
 from messaging_service.pool import WorkerPool
@@ -54,10 +55,15 @@ async def running(
     watchdog: Watchdog | None = None,
     circuit: CircuitBreaker | None = None,
     renderer: TemplateRenderer | None = None,
+    offset_map: OffsetMap | None = None,
+    map_max_bytes: int = 0,
 ) -> AsyncIterator[Running]:
-    """The pipeline consuming ``records`` from partition ``TP``; stopped and awaited on exit."""
+    """The pipeline consuming ``records`` from partition ``TP``; stopped and awaited on exit.
+
+    ``offset_map`` is handed to the tracker as if read from the last commit on assignment.
+    """
     source = FakeSource(records)
-    tracker = OffsetTracker()
+    tracker = OffsetTracker(map_max_bytes=map_max_bytes or (4096 if offset_map else 0))
     health = Health()
     metrics = Metrics(CollectorRegistry())
     dead_letters = FakeDeadLetters()
@@ -93,6 +99,8 @@ async def running(
             watchdog=watchdog,
         )
         await pipeline.on_assigned([TP])
+        if offset_map is not None:
+            tracker.restore({TP: offset_map})
         stop = asyncio.Event()
         task = asyncio.create_task(pipeline.run(source, stop))
         try:
