@@ -417,7 +417,8 @@ def test_the_map_lists_the_finished_offsets_above_the_commit_point() -> None:
     for offset in (2, 3, 5, 9):
         state.finish(offset)
     commit = state.to_commit()
-    assert commit is not None and commit.offset == 0
+    assert commit is not None
+    assert commit.offset == 0
     assert map_of(commit) == {2, 3, 5, 9}
 
 
@@ -429,7 +430,9 @@ def test_a_changed_map_is_worth_a_commit_even_when_the_point_stays() -> None:
     assert state.to_commit() is None
     state.finish(2)
     commit = state.to_commit()
-    assert commit is not None and commit.offset == 0 and map_of(commit) == {2}
+    assert commit is not None
+    assert commit.offset == 0
+    assert map_of(commit) == {2}
     state.mark_committed(commit.offset, commit.metadata)
     assert state.to_commit() is None
 
@@ -455,14 +458,16 @@ def test_restored_offsets_stay_in_the_map_until_the_commit_point_passes_them() -
     state.restore(OffsetMap(5, ((7, 9), (12, 13))))
     state.track(5)
     commit = state.to_commit()
-    assert commit is not None and commit.offset == 5
+    assert commit is not None
+    assert commit.offset == 5
     assert map_of(commit) == {7, 8, 12}  # 7, 8 and 12 not fetched again yet
     state.finish(5)
     for offset in range(6, 12):
         state.track(offset)
     state.finish(6)
     commit = state.to_commit()
-    assert commit is not None and commit.offset == 9
+    assert commit is not None
+    assert commit.offset == 9
     assert map_of(commit) == {12}
     for offset in range(9, 12):
         state.finish(offset)
