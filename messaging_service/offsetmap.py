@@ -89,7 +89,10 @@ def encode(base: int, runs: Iterable[Run], *, max_bytes: int) -> Encoded:
     room = (max_bytes - _HEAD) * 3 // 4 - len(_varint(base))
     if total == 0 or room <= 0:
         return Encoded("", 0, total)
-    candidates = [_runs_body(base, merged, room), _bits_body(base, merged, room)]
+    candidates = [_runs_body(base, merged, room)]
+    if candidates[0][2] < total or len(candidates[0][1]) > (merged[-1][1] - base + 7) // 8:
+        # The bitset can only do better when the runs did not fit or are larger than it.
+        candidates.append(_bits_body(base, merged, room))
     kind, body, encoded = max(candidates, key=lambda c: (c[2], -len(c[1])))
     if encoded == 0:
         return Encoded("", 0, total)
