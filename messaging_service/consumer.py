@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiokafka
+import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
@@ -14,6 +16,8 @@ from .errors import RetriableError
 from .lifetime import ClosedOnExit
 from .models import InboundRecord
 from .offsets import TopicPartition
+
+log = structlog.get_logger(__name__)
 
 PartitionsCallback = Callable[[list[TopicPartition]], Awaitable[None]]
 
@@ -36,6 +40,7 @@ class KafkaRequestConsumer(ClosedOnExit):
         self._listener = _Listener(on_assigned=on_assigned, on_revoked=on_revoked)
         self._consumer = AIOKafkaConsumer(**self._options(settings))
         self._started = False
+        self._call_timeout = settings.call_timeout_ms / 1000
 
     @staticmethod
     def _options(settings: KafkaSettings) -> dict[str, Any]:
@@ -71,17 +76,25 @@ class KafkaRequestConsumer(ClosedOnExit):
         return self
 
     async def close(self) -> None:
-        """Leave the group. Commits happen before this, never here."""
+        """Leave the group, within the call timeout. Commits happen before this, never here."""
         if self._started:
             self._started = False
-            await self._consumer.stop()
+            try:
+                async with asyncio.timeout(self._call_timeout):
+                    await self._consumer.stop()
+            except TimeoutError:
+                # The broker is gone: the group notices at the session timeout instead.
+                log.warning("consumer_close_timed_out", timeout=self._call_timeout)
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
         """Records from unpaused partitions, in offset order per partition."""
         try:
-            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        except KafkaError as exc:
-            raise ConsumerError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
+            async with asyncio.timeout(timeout_ms / 1000 + self._call_timeout):
+                batches = await self._consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=max_records
+                )
+        except (KafkaError, TimeoutError) as exc:
+            raise ConsumerError(f"fetch failed: {_describe(exc)}") from exc
         return [_record(message) for messages in batches.values() for message in messages]
 
     def pause_all(self) -> None:
@@ -106,9 +119,10 @@ class KafkaRequestConsumer(ClosedOnExit):
             for tp, offset in offsets.items()
         }
         try:
-            await self._consumer.commit(payload)
-        except KafkaError as exc:
-            raise ConsumerError(f"commit failed: {type(exc).__name__}: {exc}") from exc
+            async with asyncio.timeout(self._call_timeout):
+                await self._consumer.commit(payload)
+        except (KafkaError, TimeoutError) as exc:
+            raise ConsumerError(f"commit failed: {_describe(exc)}") from exc
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -121,6 +135,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         await self._on_assigned([TopicPartition(tp.topic, tp.partition) for tp in assigned])
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer from Kafka in time"
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
 def _record(message: Any) -> InboundRecord:

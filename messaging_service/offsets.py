@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 
@@ -26,20 +27,26 @@ class PartitionOffsets:
     """
 
     __slots__ = (
+        "_clock",
         "_committed",
         "_finished",
         "_first",
         "_last",
         "_parked",
         "_passed",
+        "_since",
         "_unfinished",
         "_window",
         "revoked",
         "tp",
     )
 
-    def __init__(self, tp: TopicPartition) -> None:
+    def __init__(self, tp: TopicPartition, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.tp = tp
+        self._clock = clock
+        # When each unfinished offset was tracked: the age of the oldest one is the alarm for
+        # a request that never reaches an outcome.
+        self._since: dict[int, float] = {}
         # Set by OffsetTracker.revoke(): this generation is no longer ours to commit.
         self.revoked = False
         self._window: deque[int] = deque()  # tracked offsets from the commit point on
@@ -72,6 +79,7 @@ class PartitionOffsets:
         self._last = offset
         self._window.append(offset)
         self._unfinished.add(offset)
+        self._since[offset] = self._clock()
 
     def finish(self, offset: int) -> None:
         """Record that ``offset``'s work is final. Idempotent.
@@ -81,6 +89,7 @@ class PartitionOffsets:
         """
         if offset in self._unfinished:
             self._unfinished.remove(offset)
+            del self._since[offset]
             self._finished.add(offset)
             self._advance()
             return
@@ -121,6 +130,19 @@ class PartitionOffsets:
         passed = self._passed
         while passed and passed[0] < offset:
             passed.popleft()
+
+    @property
+    def last_tracked(self) -> int | None:
+        """The highest offset tracked so far, or None."""
+        return self._last
+
+    def oldest_unfinished_age(self) -> float:
+        """Seconds since the oldest unfinished offset was tracked; 0 when none is unfinished."""
+        window = self._window
+        if not window:
+            return 0.0
+        # The head of the window is always unfinished: finishing it advances the window.
+        return max(self._clock() - self._since[window[0]], 0.0)
 
     @property
     def committed(self) -> int | None:
@@ -178,7 +200,8 @@ class PartitionOffsets:
 class OffsetTracker:
     """The current generation of every assigned partition."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
 
     def assign(self, tps: Iterable[TopicPartition]) -> None:
@@ -191,7 +214,7 @@ class OffsetTracker:
             old = self._partitions.get(tp)
             if old is not None:
                 old.revoked = True
-            self._partitions[tp] = PartitionOffsets(tp)
+            self._partitions[tp] = PartitionOffsets(tp, clock=self._clock)
 
     def revoke(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, PartitionOffsets]:
         """Remove the partitions and return their generations, marked revoked.
