@@ -244,20 +244,27 @@ class Pipeline:
 
     def _commit_in_background(self) -> None:
         """Start a periodic commit unless one is still in flight; admission does not wait."""
-        if self._committing is not None and not self._committing.done():
-            return
+        task = self._committing
+        if task is not None:
+            if not task.done():
+                return
+            self._reap(task)
         self._committing = asyncio.create_task(self.commit(), name="offset-commit")
+
+    def _reap(self, task: asyncio.Task[bool]) -> None:
+        """Report how a finished periodic commit ended, if it crashed (a bug)."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._metrics.commit_failures.inc()
+            log.error("commit_crashed", exc_info=error)
 
     async def _settle_commit(self) -> None:
         """Await the periodic commit in flight (bounded by the adapter), whatever it returns."""
         task, self._committing = self._committing, None
         if task is None:
             return
-        try:
-            await task
-        except Exception as exc:  # the task boundary of the periodic commit
-            self._metrics.commit_failures.inc()
-            log.error("commit_crashed", exc_info=exc)
+        await asyncio.wait([task])
+        self._reap(task)
 
     async def _admit(self, source: RequestSource) -> None:
         room = min(self._pool.free_slots, self._settings.max_in_flight - self._tracker.pending)

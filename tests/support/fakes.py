@@ -86,6 +86,14 @@ class FakeSource:
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed: dict[TopicPartition, int] = {}
         self.exhausted = asyncio.Event()
+        # What the consumer owns: the records' partitions, unless a test takes some away.
+        self.assigned: set[TopicPartition] = {
+            TopicPartition(r.topic, r.partition) for r in records
+        } | {TopicPartition("email.requests", 0)}
+        self.commit_error: Exception | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
         self.fetches.append((self.paused, max_records))
@@ -107,6 +115,10 @@ class FakeSource:
         self.paused = False
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self.commit_error is not None:
+            raise self.commit_error
+        for tp in offsets:
+            assert tp in self.assigned, f"commit of {tp}, which the consumer does not own"
         self.commits.append(dict(offsets))
         for tp, offset in offsets.items():
             previous = self.committed.get(tp, -1)
