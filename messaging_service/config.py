@@ -105,6 +105,10 @@ class KafkaSettings(BaseSettings):
     # Capped at half the rebalance timeout: see revocation_timeout.
     revocation_timeout_ms: int = Field(default=5000, ge=0)
     request_timeout_ms: int = Field(default=30_000, gt=0)
+    # The most one commit, one fetch (beyond its own wait) or one look-up of committed offsets
+    # may take: with the broker gone, aiokafka would otherwise retry finding the coordinator
+    # for ever. A periodic commit that times out is tried again at the next interval.
+    call_timeout_ms: int = Field(default=5000, gt=0)
     # Fetch buffers are most of the memory with a backlog waiting: aiokafka's defaults (50 MiB
     # per fetch, 1 MiB per partition) are sized for throughput of tiny records, not for this.
     fetch_max_bytes: int = Field(default=1_048_576, gt=0)
@@ -117,8 +121,6 @@ class KafkaSettings(BaseSettings):
     # them. It must stay within the broker's offset.metadata.max.bytes (4096 by default);
     # what does not fit is left out, lowest offsets kept (docs/operations.md).
     offset_map_max_bytes: int = Field(default=3072, ge=0, le=1_048_576)
-    # How long a new assignment waits for its committed offsets' maps before going on without.
-    offset_map_fetch_timeout_ms: int = Field(default=5000, gt=0)
 
     @field_validator("bootstrap_servers")
     @classmethod

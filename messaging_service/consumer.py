@@ -21,6 +21,8 @@ from .offsets import Commit, TopicPartition
 
 log = structlog.get_logger(__name__)
 
+log = structlog.get_logger(__name__)
+
 PartitionsCallback = Callable[[list[TopicPartition]], Awaitable[None]]
 # Hands the offset maps read on assignment to the offset tracker; returns the offsets taken.
 RestoreCallback = Callable[[Mapping[TopicPartition, OffsetMap]], Mapping[TopicPartition, int]]
@@ -46,6 +48,7 @@ class KafkaRequestConsumer(ClosedOnExit):
         self._listener = _Listener(on_assigned=on_assigned, on_revoked=on_revoked, owner=self)
         self._consumer = AIOKafkaConsumer(**self._options(settings))
         self._started = False
+        self._call_timeout = settings.call_timeout_ms / 1000
         # Clear while a new assignment's offset maps are being read: fetches wait for them,
         # so a record the map lists is not handed out (and sent again) before the map is known.
         self._restored = asyncio.Event()
@@ -85,10 +88,15 @@ class KafkaRequestConsumer(ClosedOnExit):
         return self
 
     async def close(self) -> None:
-        """Leave the group. Commits happen before this, never here."""
+        """Leave the group, within the call timeout. Commits happen before this, never here."""
         if self._started:
             self._started = False
-            await self._consumer.stop()
+            try:
+                async with asyncio.timeout(self._call_timeout):
+                    await self._consumer.stop()
+            except TimeoutError:
+                # The broker is gone: the group notices at the session timeout instead.
+                log.warning("consumer_close_timed_out", timeout=self._call_timeout)
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
         """Records from unpaused partitions, in offset order per partition."""
@@ -96,9 +104,12 @@ class KafkaRequestConsumer(ClosedOnExit):
             # Bounded: the reading side sets it when done, whatever happens, within its timeout.
             await self._restored.wait()
         try:
-            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        except KafkaError as exc:
-            raise ConsumerError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
+            async with asyncio.timeout(timeout_ms / 1000 + self._call_timeout):
+                batches = await self._consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=max_records
+                )
+        except (KafkaError, TimeoutError) as exc:
+            raise ConsumerError(f"fetch failed: {_describe(exc)}") from exc
         return [_record(message) for messages in batches.values() for message in messages]
 
     def pause_all(self) -> None:
@@ -134,25 +145,26 @@ class KafkaRequestConsumer(ClosedOnExit):
             for tp, commit in commits.items()
         }
         try:
-            try:
-                await self._consumer.commit(payload)
-            except OffsetMetadataTooLargeError:
-                # The broker's offset.metadata.max.bytes is below KAFKA_OFFSET_MAP_MAX_BYTES:
-                # commit the offsets without maps rather than not at all.
-                log.warning(
-                    "offset_map_refused_by_broker",
-                    max_bytes=self._settings.offset_map_max_bytes,
-                    hint="lower KAFKA_OFFSET_MAP_MAX_BYTES to the broker's limit",
-                )
-                plain = {tp: OffsetAndMetadata(meta.offset, "") for tp, meta in payload.items()}
-                await self._consumer.commit(plain)
-        except KafkaError as exc:
-            raise ConsumerError(f"commit failed: {type(exc).__name__}: {exc}") from exc
+            async with asyncio.timeout(self._call_timeout):
+                try:
+                    await self._consumer.commit(payload)
+                except OffsetMetadataTooLargeError:
+                    # The broker's offset.metadata.max.bytes is below KAFKA_OFFSET_MAP_MAX_BYTES:
+                    # commit the offsets without maps rather than not at all.
+                    log.warning(
+                        "offset_map_refused_by_broker",
+                        max_bytes=self._settings.offset_map_max_bytes,
+                        hint="lower KAFKA_OFFSET_MAP_MAX_BYTES to the broker's limit",
+                    )
+                    plain = {tp: OffsetAndMetadata(m.offset, "") for tp, m in payload.items()}
+                    await self._consumer.commit(plain)
+        except (KafkaError, TimeoutError) as exc:
+            raise ConsumerError(f"commit failed: {_describe(exc)}") from exc
 
     async def restore_offset_maps(self, partitions: list[TopicPartition]) -> None:
         """Read the committed offset maps of newly assigned partitions and hand them over.
 
-        Bounded by the fetch timeout. A map that cannot be read, or no answer, means those
+        Bounded by KAFKA_CALL_TIMEOUT_MS. A map that cannot be read, or no answer, means those
         partitions go on without one: their finished offsets are simply processed again.
         """
         restore = self._on_restored
@@ -181,16 +193,14 @@ class KafkaRequestConsumer(ClosedOnExit):
             self._restored.set()
 
     async def _fetch_committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, Any]:
-        timeout = self._settings.offset_map_fetch_timeout_ms / 1000
+        timeout = self._call_timeout
         tps = [aiokafka.TopicPartition(tp.topic, tp.partition) for tp in partitions]
         try:
             async with asyncio.timeout(timeout):
                 # The consumer's own OffsetFetch: committed() returns the offset alone.
                 answer = await self._consumer._coordinator.fetch_committed_offsets(tps)
         except (KafkaError, TimeoutError) as exc:
-            log.warning(
-                "offset_map_fetch_failed", error=f"{type(exc).__name__}: {exc}", timeout=timeout
-            )
+            log.warning("offset_map_fetch_failed", error=_describe(exc), timeout=timeout)
             return {}
         return {TopicPartition(tp.topic, tp.partition): meta for tp, meta in answer.items()}
 
@@ -216,6 +226,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # meanwhile is tracked, never dropped. Their maps are read after that.
         await self._on_assigned(partitions)
         await self._owner.restore_offset_maps(partitions)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer from Kafka in time"
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
 def _record(message: Any) -> InboundRecord:

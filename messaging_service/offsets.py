@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import Enum
 from typing import NamedTuple
 
@@ -45,6 +46,7 @@ class PartitionOffsets:
     """
 
     __slots__ = (
+        "_clock",
         "_committed",
         "_committed_metadata",
         "_encoded",
@@ -56,6 +58,7 @@ class PartitionOffsets:
         "_parked",
         "_passed",
         "_restored",
+        "_since",
         "_unfinished",
         "_version",
         "_window",
@@ -63,8 +66,18 @@ class PartitionOffsets:
         "tp",
     )
 
-    def __init__(self, tp: TopicPartition, *, map_max_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        tp: TopicPartition,
+        *,
+        map_max_bytes: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.tp = tp
+        self._clock = clock
+        # When each unfinished offset was tracked: the age of the oldest one is the alarm for
+        # a request that never reaches an outcome.
+        self._since: dict[int, float] = {}
         # The offset map's bound in characters; 0: no map is written or read.
         self._map_max_bytes = map_max_bytes
         # Runs of offsets not tracked yet that the last commit's offset map says are finished.
@@ -110,6 +123,7 @@ class PartitionOffsets:
         self._last = offset
         self._window.append(offset)
         self._unfinished.add(offset)
+        self._since[offset] = self._clock()
         self._version += 1
         restored = self._restored
         while restored and restored[0][1] <= offset:
@@ -141,6 +155,7 @@ class PartitionOffsets:
         """
         if offset in self._unfinished:
             self._unfinished.remove(offset)
+            del self._since[offset]
             self._finished.add(offset)
             self._version += 1
             self._advance()
@@ -237,6 +252,19 @@ class PartitionOffsets:
             passed.popleft()
 
     @property
+    def last_tracked(self) -> int | None:
+        """The highest offset tracked so far, or None."""
+        return self._last
+
+    def oldest_unfinished_age(self) -> float:
+        """Seconds since the oldest unfinished offset was tracked; 0 when none is unfinished."""
+        window = self._window
+        if not window:
+            return 0.0
+        # The head of the window is always unfinished: finishing it advances the window.
+        return max(self._clock() - self._since[window[0]], 0.0)
+
+    @property
     def committed(self) -> int | None:
         """The last offset marked committed, or None."""
         return self._committed
@@ -292,7 +320,10 @@ class PartitionOffsets:
 class OffsetTracker:
     """The current generation of every assigned partition."""
 
-    def __init__(self, *, map_max_bytes: int = 0) -> None:
+    def __init__(
+        self, *, map_max_bytes: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
         # Bound of each partition's offset map in commit metadata; 0: no maps.
         self._map_max_bytes = map_max_bytes
@@ -307,7 +338,9 @@ class OffsetTracker:
             old = self._partitions.get(tp)
             if old is not None:
                 old.revoked = True
-            self._partitions[tp] = PartitionOffsets(tp, map_max_bytes=self._map_max_bytes)
+            self._partitions[tp] = PartitionOffsets(
+                tp, map_max_bytes=self._map_max_bytes, clock=self._clock
+            )
 
     def revoke(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, PartitionOffsets]:
         """Remove the partitions and return their generations, marked revoked.

@@ -87,6 +87,14 @@ class FakeSource:
         self.committed: dict[TopicPartition, int] = {}
         self.metadata: dict[TopicPartition, str] = {}  # the last commit's offset map
         self.exhausted = asyncio.Event()
+        # What the consumer owns: the records' partitions, unless a test takes some away.
+        self.assigned: set[TopicPartition] = {
+            TopicPartition(r.topic, r.partition) for r in records
+        } | {TopicPartition("email.requests", 0)}
+        self.commit_error: Exception | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
         self.fetches.append((self.paused, max_records))
@@ -108,6 +116,10 @@ class FakeSource:
         self.paused = False
 
     async def commit(self, commits: Mapping[TopicPartition, Commit]) -> None:
+        if self.commit_error is not None:
+            raise self.commit_error
+        for tp in commits:
+            assert tp in self.assigned, f"commit of {tp}, which the consumer does not own"
         self.commits.append({tp: commit.offset for tp, commit in commits.items()})
         for tp, commit in commits.items():
             offset = commit.offset

@@ -120,7 +120,7 @@ async def test_assignment_goes_on_without_maps_when_they_cannot_be_read(failure:
     )
     restores = Restores()
     fake = FakeKafkaConsumer(coordinator)
-    consumer = adapter(fake, restores=restores, offset_map_fetch_timeout_ms=50)
+    consumer = adapter(fake, restores=restores, call_timeout_ms=50)
     await consumer.restore_offset_maps([TP])
     assert restores.maps == [{}]
     await consumer.fetch(max_records=1, timeout_ms=0)  # fetches are not held back afterwards
