@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -128,6 +129,27 @@ def decode(text: str, *, committed: int) -> OffsetMap | Unreadable:
     if base != committed:
         return Unreadable("written for another commit")
     return OffsetMap(base, tuple(runs))
+
+
+def as_runs(offsets: Iterable[int], restored: Iterable[Run], *, floor: int) -> Iterator[Run]:
+    """Runs of ``offsets`` (increasing, below ``floor``), then ``restored`` clipped to ``floor``.
+
+    What a partition's map holds: the finished offsets it tracks, and above the last of them
+    the runs the previous commit's map listed that have not been fetched again yet.
+    """
+    start: int | None = None
+    stop = 0
+    singles = ((offset, offset + 1) for offset in offsets)
+    clipped = ((max(a, floor), b) for a, b in restored if b > max(a, floor))
+    for run_start, run_stop in itertools.chain(singles, clipped):
+        if start is not None and run_start == stop:
+            stop = run_stop
+            continue
+        if start is not None:
+            yield (start, stop)
+        start, stop = run_start, run_stop
+    if start is not None:
+        yield (start, stop)
 
 
 # --- encoding --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import Enum
 from typing import NamedTuple
 
-from .offsetmap import OffsetMap, Run, encode
+from .offsetmap import OffsetMap, Run, as_runs, encode
 
 
 class TopicPartition(NamedTuple):
@@ -43,6 +43,11 @@ class PartitionOffsets:
     The commit point never passes an unfinished tracked offset, whatever order finishes
     arrive in. Tracked offsets from the commit point on sit in a deque; finishing one that
     reaches the head pops every finished offset there, so advancing is amortised O(1).
+
+    With offset maps on (``map_max_bytes`` > 0) each commit also carries the finished offsets
+    above its commit point (``offsetmap``), re-encoded only when something changed; an offset
+    the last commit's map lists (``restore()``) is finished as soon as it is tracked again, and
+    stays in later maps until the commit point passes it.
     """
 
     __slots__ = (
@@ -202,30 +207,9 @@ class PartitionOffsets:
 
     def _finished_runs(self, point: int) -> Iterator[Run]:
         """Finished offsets above ``point`` as runs: tracked ones, then restored ones."""
-        start: int | None = None
-        stop = 0
         finished = self._finished
-        for offset in self._window:
-            if offset in finished:
-                if start is not None and offset == stop:
-                    stop += 1
-                    continue
-                if start is not None:
-                    yield (start, stop)
-                start, stop = offset, offset + 1
         floor = point if self._last is None else max(point, self._last + 1)
-        for run_start, run_stop in self._restored:
-            run_start = max(run_start, floor)
-            if run_stop <= run_start:
-                continue
-            if start is not None and run_start == stop:
-                stop = run_stop
-                continue
-            if start is not None:
-                yield (start, stop)
-            start, stop = run_start, run_stop
-        if start is not None:
-            yield (start, stop)
+        return as_runs((o for o in self._window if o in finished), self._restored, floor=floor)
 
     @property
     def map_left_out(self) -> int:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging_service.offsetmap import PREFIX, OffsetMap, Run, Unreadable, decode, encode
+from messaging_service.offsetmap import (
+    PREFIX,
+    OffsetMap,
+    Run,
+    Unreadable,
+    as_runs,
+    decode,
+    encode,
+)
 
 KAFKA_DEFAULT_MAX = 4096
 
@@ -160,3 +168,9 @@ def test_decoding_any_payload_never_raises_and_stays_above_its_base(
     found = decode(text, committed=0)
     if isinstance(found, OffsetMap):
         assert all(found.base <= start < stop for start, stop in found.runs)
+
+
+def test_as_runs_joins_tracked_offsets_and_restored_runs_clipped_to_the_floor() -> None:
+    runs = as_runs([3, 4, 6, 9], [(5, 8), (10, 12), (14, 15)], floor=10)
+    assert list(runs) == [(3, 5), (6, 7), (9, 12), (14, 15)]
+    assert list(as_runs([], [(1, 4)], floor=5)) == []
