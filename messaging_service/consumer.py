@@ -21,8 +21,6 @@ from .offsets import Commit, TopicPartition
 
 log = structlog.get_logger(__name__)
 
-log = structlog.get_logger(__name__)
-
 PartitionsCallback = Callable[[list[TopicPartition]], Awaitable[None]]
 # Hands the offset maps read on assignment to the offset tracker; returns the offsets taken.
 RestoreCallback = Callable[[Mapping[TopicPartition, OffsetMap]], Mapping[TopicPartition, int]]
