@@ -120,7 +120,7 @@ class InProcessService:
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             return response.status, await response.text()
 
-    async def shutdown(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def shutdown(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - a bound of its own is the point
         self.stop.set()
         async with asyncio.timeout(timeout):
             await self.task
@@ -176,7 +176,7 @@ class ServiceProcess:
             raise RuntimeError("not started")
         return self._process
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - a bound of its own is the point
         async def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"service exited early:\n{self.log_tail()}")
@@ -200,7 +200,7 @@ class ServiceProcess:
     def signal(self, signum: signal.Signals) -> None:
         self.process.send_signal(signum)
 
-    async def wait_exit(self, timeout: float = 60.0) -> int:  # noqa: ASYNC109
+    async def wait_exit(self, timeout: float = 60.0) -> int:  # noqa: ASYNC109 - a bound of its own is the point
         await wait_for(lambda: self.process.poll() is not None, timeout, message="exit")
         return self.process.returncode
 
