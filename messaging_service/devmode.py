@@ -26,7 +26,7 @@ from .config import KafkaSettings, LogFormat, LogLevel, LogSettings, Settings, l
 from .console import Console
 from .deadletters import StoredDeadLetter
 from .embedded import HOST, TANSU_GROUP_TIMEOUTS, EmbeddedBroker
-from .errors import ServiceError
+from .errors import ServiceError, describe_error
 from .kafka_admin import create_topic
 from .logging import configure_logging
 from .models import FailureReason, Outcome
@@ -133,7 +133,7 @@ class _DevSession:
             await create_topic(self.bootstrap, kafka.topic, _REQUEST_PARTITIONS)
             await create_topic(self.bootstrap, kafka.dlq_topic, 1)
         except (KafkaError, TimeoutError) as exc:
-            raise ServiceError(f"cannot create the topics: {type(exc).__name__}: {exc}") from exc
+            raise ServiceError(f"cannot create the topics: {describe_error(exc)}") from exc
         self.console.line(f"topics   {kafka.topic} ({_REQUEST_PARTITIONS}), {kafka.dlq_topic}")
 
     async def _exercise(
