@@ -105,15 +105,26 @@ async def _run(settings: Settings) -> None:
     help="Folder where every email received is written as an .eml file.",
 )
 @click.option("--kafka-port", type=click.IntRange(1, 65535), help="Broker port [default: free].")
-@click.option("--smtp-port", type=click.IntRange(0, 65535), default=0, help="[default: free]")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=0, help="[default: free]")
+@click.option(
+    "--smtp-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Port of the mail catcher the service sends to [default: free].",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Port of the service's /metrics, /healthz and /readyz [default: free].",
+)
 @click.option("--once", is_flag=True, help="Exit once the samples reached their outcome.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=60.0,
     show_default=True,
-    help="Seconds the samples may take (with --once: then exit 1).",
+    help="Seconds the samples may take from publishing to their outcome (with --once: "
+    "then exit 1).",
 )
 @click.option(
     "--log-level",

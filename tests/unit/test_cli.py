@@ -49,6 +49,20 @@ def test_every_command_has_help(command: tuple[str, ...]) -> None:
     assert "Usage:" in result.output
 
 
+@pytest.mark.parametrize("command", list(all_commands(main)), ids=" ".join)
+def test_every_option_has_help_text(command: tuple[str, ...]) -> None:
+    group: click.Command = main
+    for name in command:
+        assert isinstance(group, click.Group)
+        group = group.commands[name]
+    missing = [
+        param.opts[0]
+        for param in group.params
+        if isinstance(param, click.Option) and not param.help and not param.hidden
+    ]
+    assert not missing, f"options without help: {missing}"
+
+
 @pytest.mark.parametrize("sample", samples()[:3], ids=lambda s: s.id)
 def test_render_prints_subject_text_and_html_of_each_built_in_template(sample: Sample) -> None:
     request = sample.request
