@@ -271,5 +271,7 @@ def test_dev_without_the_embedded_extra_exits_2_naming_it(
 
     assert result.exit_code == 2
     assert "'embedded' extra" in result.output
-    assert "pip install 'messaging-service[embedded]'" in result.output
+    assert "scripts/bootstrap --dev-mode installs it" in result.output
+    assert "pip install -e '.[embedded]'" in result.output
+    assert "pip install 'messaging-service" not in result.output  # no such published package
     assert module.replace("_", "-") in result.output
