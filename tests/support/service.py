@@ -133,7 +133,8 @@ async def in_process(settings: Settings) -> AsyncIterator[InProcessService]:
     started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_service(settings, stop, on_started=started.set_result))
     try:
-        done, _ = await asyncio.wait({started, task}, timeout=30, return_when="FIRST_COMPLETED")
+        waiting: set[asyncio.Future[Any]] = {started, task}
+        done, _ = await asyncio.wait(waiting, timeout=30, return_when="FIRST_COMPLETED")
         if task in done:
             task.result()  # raises the start-up error
         if started not in done:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 from collections.abc import Callable
@@ -177,7 +178,7 @@ async def test_after_pausing_the_loop_fetches_again_only_when_a_batch_fits() -> 
         # One at a time, so room frees up one slot after another.
         for count, release in enumerate(releases, start=1):
             release.set()
-            await sender.wait_sent(lambda sent, count=count: len(sent) == count)
+            await sender.wait_sent(functools.partial(has_length, count))
     fetches = run.source.fetches
     # The first fetch after each pause must have room for a whole refill batch.
     resumed = [
@@ -308,3 +309,7 @@ async def test_the_watchdog_counts_requests_being_sent_but_not_those_waiting_to_
         await sender.wait_sent(lambda sent: "r-1" in sent)
         await wait_until(lambda: run.tracker.waiting == 0)
         assert alive()
+
+
+def has_length(length: int, items: list[str]) -> bool:
+    return len(items) == length
