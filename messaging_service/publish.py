@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from .config import KafkaSettings, kafka_client_options
-from .errors import ServiceError
+from .errors import ServiceError, describe_error
 from .lifetime import ClosedOnExit
 
 Headers = Sequence[tuple[str, bytes]]
@@ -94,14 +95,17 @@ class Publisher(ClosedOnExit):
             await self._producer.stop()
             raise PublishError(
                 f"cannot connect to Kafka at {self._settings.bootstrap_servers}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{describe_error(exc)}"
             ) from exc
         self._started = True
 
     async def close(self) -> None:
+        """Flush and disconnect, within the call timeout (the broker may be gone)."""
         if self._started:
             self._started = False
-            await self._producer.stop()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
+                    await self._producer.stop()
 
     async def publish(
         self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()
@@ -113,9 +117,7 @@ class Publisher(ClosedOnExit):
                     topic, value=value, key=key, headers=list(headers) or None
                 )
         except (KafkaError, TimeoutError) as exc:
-            raise PublishError(
-                f"cannot write to {topic}: {type(exc).__name__}: {exc}".rstrip(": ")
-            ) from exc
+            raise PublishError(f"cannot write to {topic}: {describe_error(exc)}") from exc
         return Published(topic=meta.topic, partition=meta.partition, offset=meta.offset)
 
 

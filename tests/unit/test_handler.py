@@ -51,6 +51,7 @@ class Harness:
             step = await self.handler.process(delivery)
             if isinstance(step, Finished):
                 return step, waits
+            assert isinstance(step, RetryIn), step
             waits.append(step.seconds)
 
 
@@ -71,7 +72,7 @@ async def test_sent_on_first_attempt() -> None:
     assert b"X-Email-Id: w-1" in email.message
     assert harness.metric("email_sent_total") == 1
     assert harness.metric("email_end_to_end_duration_seconds_count", outcome="sent") == 1
-    assert harness.health.smtp_reachable
+    assert harness.health.relay.reachable
 
 
 async def test_transient_failure_then_success_waits_one_second() -> None:
@@ -95,7 +96,7 @@ async def test_retries_exhausted_after_one_five_ten_seconds() -> None:
     assert letter.attempts == 4
     assert letter.smtp_code is None
     assert letter.email_id == "w-1"
-    assert not harness.health.smtp_reachable
+    assert not harness.health.relay.reachable
     assert harness.metric("email_dead_letters_total", reason="retries_exhausted") == 1
 
 
@@ -198,6 +199,7 @@ async def test_unexpected_error_is_retried_then_dead_lettered() -> None:
             step = await harness.handler.recover(delivery, exc)
         if isinstance(step, Finished):
             break
+        assert isinstance(step, RetryIn), step
         waits.append(step.seconds)
     assert waits == [1, 5, 10]
     [letter] = harness.dead_letters.published
