@@ -20,6 +20,8 @@ class HttpsFiles:
 
     def __init__(self, folder: Path, files: dict[str, bytes] | None = None) -> None:
         self.files = dict(files or {})
+        self.unavailable: dict[str, int] = {}
+        """File name -> how many more requests for it answer 503 before it is served."""
         self.hits: dict[str, int] = {}
         self.ca = trustme.CA()
         self.ca_file = folder / "files-ca.pem"
@@ -64,7 +66,11 @@ class HttpsFiles:
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         self._hit(request)
-        data = self.files.get(request.match_info["name"])
+        name = request.match_info["name"]
+        if self.unavailable.get(name, 0) > 0:
+            self.unavailable[name] -= 1
+            raise web.HTTPServiceUnavailable()
+        data = self.files.get(name)
         if data is None:
             raise web.HTTPNotFound()
         return web.Response(body=data, content_type="application/octet-stream")
