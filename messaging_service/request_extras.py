@@ -50,7 +50,7 @@ def _printable(value: str, what: str) -> str:
 
 def _filename(value: str) -> str:
     _printable(value, "filename")
-    if not value.strip() or "/" in value or "\\" in value:
+    if not value.strip(" .") or "/" in value or "\\" in value:
         raise ValueError("filename must be a plain file name (no folders)")
     return value
 
