@@ -13,6 +13,8 @@ from pathlib import Path
 from support.kafka import EmbeddedBroker
 
 from . import report
+from .content_mode import content_markdown
+from .content_mode import variants as content_variants
 from .memory import measure_memory, memory_markdown
 from .profile import profile_markdown, profile_service
 from .runner import (
@@ -68,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="small counts, about a minute")
     mode.add_argument("--memory", action="store_true", help="peak RSS with a huge backlog")
     mode.add_argument("--profile", action="store_true", help="py-spy profile of the service")
+    mode.add_argument(
+        "--content",
+        action="store_true",
+        help="CPU per email with a 100 KiB attachment and with DKIM (RSA, Ed25519)",
+    )
     parser.add_argument("--workers", type=_ints, default=(1, 10, 50, 100, 200))
     parser.add_argument("--zero-workers", type=_ints, default=(50, 100))
     parser.add_argument("--delay", type=float, default=0.05, help="latency-bound relay delay, s")
@@ -96,6 +103,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-workers", type=int, default=50)
     parser.add_argument("--profile-seconds", type=float, default=20)
     parser.add_argument("--profile-count", type=int, default=40_000)
+    parser.add_argument("--content-workers", type=int, default=50)
+    parser.add_argument("--content-count", type=int, default=6000, help="emails per point")
+    parser.add_argument(
+        "--content-attachment-count",
+        type=int,
+        default=2000,
+        help="emails per point with an attachment (each ~137 KB in Kafka and in the sink)",
+    )
     parser.add_argument("--out", type=Path, help="docs folder (default docs/, quick: build/)")
     parser.add_argument("--work-dir", type=Path, help="logs of every process of the run")
     args = parser.parse_args(argv)
@@ -149,6 +164,8 @@ async def run(args: argparse.Namespace) -> None:
             await _memory(ctx, args, machine)
         elif args.profile:
             await _profile(ctx, args, machine)
+        elif args.content:
+            await _content(ctx, args, machine)
         else:
             await _sweep(ctx, args, machine)
 
@@ -319,6 +336,36 @@ async def _profile(ctx: Context, args: argparse.Namespace, machine: report.Machi
     body = f"Measured {machine.finished().line()}.\n\n" + profile_markdown(profile)
     doc = args.out / report.DOC_NAME
     report.replace_section(doc, "profile", body)
+    say(f"bench: wrote {doc}")
+    print("\n" + body)
+
+
+async def _content(ctx: Context, args: argparse.Namespace, machine: report.Machine) -> None:
+    zero = Target("zero")
+    runs = content_variants(args.work_dir)
+    points: list[Point] = []
+    for number, variant in enumerate(runs, 1):
+        count = args.content_attachment_count if variant.attachment_bytes else args.content_count
+        say(
+            f"[{number}/{len(runs)}] content: {variant.name}, {args.content_workers} workers, "
+            f"{count:,} emails"
+        )
+        point = await measure_service(
+            ctx,
+            zero,
+            workers=args.content_workers,
+            count=count,
+            limit=count / 20 + 300,
+            series="content",
+            variant=variant,
+        )
+        say(f"      -> {describe(point)}")
+        points.append(point)
+    finished = machine.finished()
+    body = content_markdown(points, machine_line=finished.line(), workers=args.content_workers)
+    report.write_json(args.out / "benchmark-content.json", finished, points)
+    doc = args.out / report.DOC_NAME
+    report.replace_section(doc, "content", body)
     say(f"bench: wrote {doc}")
     print("\n" + body)
 

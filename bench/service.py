@@ -30,6 +30,8 @@ class ServiceConfig:
     smtp_port: int
     workers: int
     log_level: str = "INFO"
+    extra_env: tuple[tuple[str, str], ...] = ()
+    """More settings, e.g. DKIM_* for the content variants."""
 
 
 def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
@@ -37,7 +39,7 @@ def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_"))
+        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_", "DKIM_"))
     }
     env.update(
         {
@@ -54,6 +56,7 @@ def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
             "HTTP_PORT": str(http_port),
             "LOG_LEVEL": config.log_level,
             "LOG_FORMAT": "json",
+            **dict(config.extra_env),
         }
     )
     return env
