@@ -191,6 +191,9 @@ class RequestHandler:
             reason, error = delivery.refusal
             return await self._dead_letter(delivery, reason, error)
         if delivery.unfetched is not None:
+            # A redelivered request that was sent already is not worth a download.
+            if delivery.email_id is not None and await self._already_sent(delivery.email_id):
+                return self._duplicate(delivery)
             step = await self._fetch(delivery, delivery.unfetched)
             if step is not None:
                 return step
@@ -279,10 +282,7 @@ class RequestHandler:
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
         if await self._already_sent(email.email_id):
-            self._metrics.duplicates_skipped.inc()
-            self._finish(delivery, Outcome.DUPLICATE)
-            log.info("email_duplicate_skipped", attempts=delivery.attempts)
-            return Finished(Outcome.DUPLICATE)
+            return self._duplicate(delivery)
         relay = self._relay
         if relay.circuit_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
@@ -340,6 +340,12 @@ class RequestHandler:
         # keeps email_sent_total from lagging behind the relay by a store round trip.
         await self._remember(email.email_id)
         return Finished(Outcome.SENT)
+
+    def _duplicate(self, delivery: Delivery) -> Step:
+        self._metrics.duplicates_skipped.inc()
+        self._finish(delivery, Outcome.DUPLICATE)
+        log.info("email_duplicate_skipped", attempts=delivery.attempts)
+        return Finished(Outcome.DUPLICATE)
 
     def _relay_answered(self) -> None:
         self._relay.answered()

@@ -19,7 +19,7 @@ from messaging_service.mime import MessageBuilder
 from messaging_service.models import FailureReason, Outcome, RequestLimits
 from messaging_service.retry import RetryPolicy
 from messaging_service.templates import TemplateRenderer
-from support.fakes import FakeDeadLetters, FakeFetcher, FakeSender, record
+from support.fakes import FakeDeadLetters, FakeFetcher, FakeSender, FakeSentLog, record
 
 RENDERER = TemplateRenderer()
 HOSTS = ("files.example.com",)
@@ -164,3 +164,23 @@ async def test_outcome_logs_name_template_locale_tags_and_metadata() -> None:
     assert sent["locale"] == "de"
     assert sent["tags"] == ["order"]
     assert sent["metadata"] == {"order_id": "A-1"}
+
+
+async def test_a_request_already_sent_is_not_fetched_again() -> None:
+    sent_log = FakeSentLog("a-1")
+    fetcher = FakeFetcher(b"never")
+    subject = RequestHandler(
+        renderer=RENDERER,
+        builder=MessageBuilder("Shop <shop@example.com>"),
+        sender=FakeSender(),
+        dead_letters=FakeDeadLetters(),
+        policy=RetryPolicy(max_retries=2, delays=(1, 5)),
+        metrics=Metrics(CollectorRegistry()),
+        health=Health(),
+        limits=RequestLimits(attachment_url_hosts=HOSTS),
+        fetcher=fetcher,
+        sent_log=sent_log,
+    )
+    step = await subject.process(Delivery(record(payload(attachments=[TERMS]))))
+    assert step == Finished(Outcome.DUPLICATE)
+    assert fetcher.urls == []
