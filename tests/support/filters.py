@@ -197,3 +197,30 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+OPENDKIM = shutil.which("opendkim") or (
+    "/usr/sbin/opendkim" if os.access("/usr/sbin/opendkim", os.X_OK) else None
+)
+
+
+def opendkim_verify(message: bytes, *, dns_name: str, record: str, folder: Path) -> str:
+    """OpenDKIM's verdict on ``message`` (its Authentication-Results ``dkim=`` result).
+
+    Test mode (``-t``), with the public key from ``TestPublicKeys`` instead of DNS.
+    """
+    assert OPENDKIM is not None
+    keys = folder / "keys"
+    keys.write_text(f"{dns_name} {record}\n")
+    config = folder / "opendkim.conf"
+    config.write_text(f"Mode v\nTestPublicKeys {keys}\nSyslog no\n")
+    path = folder / "message.eml"
+    path.write_bytes(message)
+    command = [OPENDKIM, "-x", str(config), "-vvv", "-t", str(path)]
+    if ISOLATED:
+        command = ["unshare", "-n", *command]
+    result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    found = re.search(r"dkim=(\w+)", output)
+    assert found is not None, output
+    return found.group(1)
