@@ -31,7 +31,8 @@ class ServiceConfig:
     workers: int
     log_level: str = "INFO"
     extra_env: tuple[tuple[str, str], ...] = ()
-    """More settings, e.g. DKIM_* for the content variants."""
+    """More settings as environment variables, e.g. (("EMAIL_RETRY_DELAYS", "3"),), or the
+    DKIM_* settings of the content variants."""
 
 
 def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:

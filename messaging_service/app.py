@@ -75,7 +75,7 @@ async def run_service(
     )
     health = Health(relay=relay)
     metrics = Metrics(registry)
-    tracker = OffsetTracker()
+    tracker = OffsetTracker(map_max_bytes=settings.kafka.offset_map_max_bytes)
     limiter = SendRateLimiter(AdaptiveRate(email.rate_limit or None))
     watchdog = Watchdog(settings.runtime.watchdog_timeout)
 
@@ -142,7 +142,10 @@ async def run_service(
         )
         consumer = await stack.enter_async_context(
             KafkaRequestConsumer(
-                settings.kafka, on_assigned=pipeline.on_assigned, on_revoked=pipeline.on_revoked
+                settings.kafka,
+                on_assigned=pipeline.on_assigned,
+                on_revoked=pipeline.on_revoked,
+                on_restored=tracker.restore,
             )
         )
         _log_started(settings, http.port)
@@ -216,6 +219,7 @@ def _live_state(
             (state.tp.topic, state.tp.partition): state.oldest_unfinished_age()
             for state in tracker.states()
         },
+        offset_map_left_out=lambda: tracker.map_left_out,
     )
 
 

@@ -116,6 +116,11 @@ class KafkaSettings(BaseSettings):
     # How long the broker may hold a fetch waiting for data: bounds the latency of a request
     # that arrives on an idle topic (aiokafka's default is 500 ms).
     fetch_max_wait_ms: int = Field(default=100, ge=0)
+    # The offset map: finished offsets above the commit point, written into each commit's
+    # metadata in at most this many characters (0: off), so a restart or a new owner skips
+    # them. It must stay within the broker's offset.metadata.max.bytes (4096 by default);
+    # what does not fit is left out, lowest offsets kept (docs/operations.md).
+    offset_map_max_bytes: int = Field(default=3072, ge=0, le=1_048_576)
 
     @field_validator("bootstrap_servers")
     @classmethod

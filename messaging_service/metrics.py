@@ -37,6 +37,8 @@ class LiveState:
     """seconds requests have waited with none finishing (the liveness watchdog's measure)"""
     oldest_unfinished: Callable[[], Mapping[tuple[str, int], float]] = dict
     """per (topic, partition): seconds since its oldest unfinished request was admitted"""
+    offset_map_left_out: Callable[[], int] = lambda: 0
+    """finished offsets above the commit point that the last commit's offset map left out"""
 
 
 class Metrics:
@@ -83,6 +85,12 @@ class Metrics:
         self.duplicates_skipped = Counter(
             _PREFIX + "duplicates_skipped",
             "Redelivered requests whose id was already sent; finished without sending.",
+            registry=registry,
+        )
+        self.skipped_finished = Counter(
+            _PREFIX + "skipped_finished",
+            "Redelivered records the last commit's offset map lists as finished; finished at "
+            "once without processing.",
             registry=registry,
         )
         self.dedup_unavailable = Counter(
@@ -164,6 +172,12 @@ class _LiveCollector(Collector):
             "uncommitted_finished_offsets",
             "Finished requests whose offsets are not committed yet.",
             self._state.uncommitted_finished(),
+        )
+        yield _gauge(
+            "offset_map_left_out",
+            "Finished offsets above the commit point that did not fit in the last commit's "
+            "offset map (KAFKA_OFFSET_MAP_MAX_BYTES): sent again after a crash.",
+            self._state.offset_map_left_out(),
         )
         yield _gauge(
             "assigned_partitions",

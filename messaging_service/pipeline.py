@@ -26,7 +26,7 @@ from .health import Health
 from .lifecycle import Lifecycle, Request
 from .metrics import Metrics
 from .models import InboundRecord
-from .offsets import OffsetTracker, PartitionOffsets, TopicPartition
+from .offsets import Commit, OffsetTracker, PartitionOffsets, TopicPartition, Tracked
 from .pool import WorkerPool
 from .relay import Relay
 from .retry import Backoff
@@ -46,7 +46,7 @@ class RequestSource(Protocol):
     def pause_all(self) -> None: ...
     def resume_all(self) -> None: ...
     def assignment(self) -> set[TopicPartition]: ...
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    async def commit(self, commits: Mapping[TopicPartition, Commit]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +209,7 @@ class Pipeline:
             return True
         return await self._commit_offsets(offsets)
 
-    async def _commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> bool:
+    async def _commit_offsets(self, offsets: Mapping[TopicPartition, Commit]) -> bool:
         source = self._source
         if source is None:
             return False
@@ -229,8 +229,8 @@ class Pipeline:
         return True
 
     def _owned(
-        self, source: RequestSource, offsets: Mapping[TopicPartition, int]
-    ) -> dict[TopicPartition, int]:
+        self, source: RequestSource, offsets: Mapping[TopicPartition, Commit]
+    ) -> dict[TopicPartition, Commit]:
         """The offsets of partitions the consumer still owns; lets go of any others."""
         assigned = source.assignment()
         stray = [tp for tp in offsets if tp not in assigned]
@@ -303,7 +303,16 @@ class Pipeline:
                 continue
             if not admitted:
                 self._watch()  # the stall clock starts now if nothing was waiting before
-            state.track(record.offset)
+            if state.track(record.offset) is Tracked.FINISHED_BEFORE:
+                # The last commit's offset map lists it as finished: finished at once, unsent.
+                self._metrics.skipped_finished.inc()
+                log.debug(
+                    "email_skipped_finished",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+                continue
             admitted.append(lifecycle.admit(record, state))
         self._metrics.consumed.inc(len(admitted))
         for request in admitted:
@@ -391,5 +400,5 @@ def _names(partitions: list[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
 
 
-def _offsets(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
-    return {f"{tp.topic}-{tp.partition}": offset for tp, offset in offsets.items()}
+def _offsets(offsets: Mapping[TopicPartition, Commit]) -> dict[str, int]:
+    return {f"{tp.topic}-{tp.partition}": commit.offset for tp, commit in offsets.items()}

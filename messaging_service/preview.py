@@ -1,4 +1,4 @@
-"""Previewing an email: render it with given data, as the service would, without sending."""
+"""Previewing an email, and checking a request, as the service would, without sending."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .attachments import AttachmentPart, AttachmentSource, resolve
-from .errors import TemplateError
-from .models import EmailRequest, RenderedEmail
+from .config import EmailSettings
+from .errors import AttachmentError, TemplateError
+from .models import (
+    EmailRequest,
+    RenderedEmail,
+    RequestLimits,
+    check_recipient_domains,
+    parse_request,
+)
 from .templates import TemplateRenderer
 
 # The recipient does not take part in rendering; the request only needs a valid one.
@@ -36,12 +43,48 @@ def render_template(
     """Subject and bodies of template ``name``; raise TemplateError saying what went wrong."""
     renderer = TemplateRenderer(templates_dir)
     if name not in renderer.names:
-        known = ", ".join(sorted(renderer.names))
-        raise TemplateError(f"unknown template {name!r} (known: {known})")
+        raise _unknown(name, renderer)
     request = EmailRequest(
         id="preview", template=name, to=[_PREVIEW_RECIPIENT], data=dict(data), locale=locale
     )
     return renderer.render(request)
+
+
+def check_request(value: bytes, settings: EmailSettings) -> EmailRequest:
+    """Everything the service checks before sending, rendering included, with its settings.
+
+    Raises InvalidPayloadError, RecipientNotAllowedError, TemplateError (an unknown template,
+    a missing variable, or templates in EMAIL_TEMPLATES_DIR that do not compile) or
+    AttachmentError: the reasons the service would dead-letter the request for. Attachment
+    URLs are checked (HTTPS, an allowed host), not fetched.
+    """
+    limits = RequestLimits(
+        max_record_bytes=settings.max_record_bytes,
+        max_recipients=settings.max_recipients,
+        max_data_depth=settings.max_data_depth,
+        max_data_bytes=settings.max_data_bytes,
+        max_attachment_bytes=settings.max_attachment_bytes,
+        attachment_url_hosts=settings.attachment_url_hosts,
+    )
+    request = parse_request(value, limits)
+    check_recipient_domains(request, settings.allowed_domains)
+    attachments = resolve(
+        request.attachments,
+        max_bytes=limits.max_attachment_bytes,
+        url_hosts=limits.attachment_url_hosts,
+    )
+    renderer = TemplateRenderer(settings.templates_dir, render_timeout=settings.render_timeout)
+    if request.template is not None and request.template not in renderer.names:
+        raise _unknown(request.template, renderer)
+    rendered = renderer.render(request)
+    if rendered.html is None and any(part.content_id for part in attachments):
+        raise AttachmentError("an attachment with content_id (inline) needs an HTML body")
+    return request
+
+
+def _unknown(name: str, renderer: TemplateRenderer) -> TemplateError:
+    known = ", ".join(sorted(renderer.names))
+    return TemplateError(f"unknown template {name!r} (known: {known})")
 
 
 def preview_request(request: EmailRequest, *, templates_dir: Path | None = None) -> Preview:
@@ -54,6 +97,8 @@ def preview_request(request: EmailRequest, *, templates_dir: Path | None = None)
         (urlsplit(item.url).hostname or "").lower() for item in request.attachments if item.url
     )
     attachments = resolve(request.attachments, url_hosts=hosts)
+    if request.template is not None and request.template not in renderer.names:
+        raise _unknown(request.template, renderer)
     headers = list(request.headers.items())
     if request.list_unsubscribe is not None:
         url, mailto = request.list_unsubscribe.url, request.list_unsubscribe.mailto

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from messaging_service.attachments import resolve
+from messaging_service.attachments import AttachmentPart, resolve
 from messaging_service.mime import MessageBuilder
 from messaging_service.models import EmailRequest
 from messaging_service.templates import TemplateRenderer
@@ -106,8 +106,8 @@ def build(payload: dict[str, Any]) -> bytes:
     }
     request = EmailRequest.model_validate({**base, **payload})
     attachments = resolve(request.attachments)
-    parts = [part for part in attachments if not hasattr(part, "url")]
-    return BUILDER.build(request, RENDERER.render(request), parts).message  # type: ignore[arg-type]
+    parts = [part for part in attachments if isinstance(part, AttachmentPart)]
+    return BUILDER.build(request, RENDERER.render(request), parts).message
 
 
 INVOICE_TEXT = (

@@ -136,8 +136,8 @@ class Rspamd:
         if ISOLATED:
             script = 'ip link set lo up 2>/dev/null || true; exec "$@"'
             daemon = ["unshare", "-n", "sh", "-c", script, "rspamd", *daemon]
-        log = (folder / "daemon.log").open("wb")
-        self._process = subprocess.Popen(daemon, stdout=log, stderr=subprocess.STDOUT)
+        with (folder / "daemon.log").open("wb") as log:  # the daemon keeps its own copy
+            self._process = subprocess.Popen(daemon, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120  # a bound on a broken start, not a measurement
         while not self._answers():
             if self._process.poll() is not None or time.monotonic() > deadline:

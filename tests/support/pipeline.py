@@ -17,6 +17,7 @@ from messaging_service.lifecycle import Lifecycle
 from messaging_service.metrics import Metrics
 from messaging_service.mime import MessageBuilder
 from messaging_service.models import DeadLetterSink, InboundRecord, Sender
+from messaging_service.offsetmap import OffsetMap
 from messaging_service.offsets import OffsetTracker, TopicPartition
 from messaging_service.pipeline import Pipeline, PipelineSettings
 from messaging_service.pool import WorkerPool
@@ -62,10 +63,15 @@ async def running(
     dead_letters: FakeDeadLetters | DeadLetterSink | None = None,
     sent_log: SentLog | None = None,
     source: FakeSource | None = None,
+    offset_map: OffsetMap | None = None,
+    map_max_bytes: int = 0,
 ) -> AsyncIterator[Running]:
-    """The pipeline consuming ``records`` from partition ``TP``; stopped and awaited on exit."""
+    """The pipeline consuming ``records`` from partition ``TP``; stopped and awaited on exit.
+
+    ``offset_map`` is handed to the tracker as if read from the last commit on assignment.
+    """
     source = source if source is not None else FakeSource(records)
-    tracker = OffsetTracker()
+    tracker = OffsetTracker(map_max_bytes=map_max_bytes or (4096 if offset_map else 0))
     relay = Relay(circuit)
     health = Health(relay=relay)
     metrics = Metrics(CollectorRegistry())
@@ -110,6 +116,8 @@ async def running(
         )
         async with lifecycle:
             await pipeline.on_assigned([TP])
+            if offset_map is not None:
+                tracker.restore({TP: offset_map})
             stop = asyncio.Event()
             task = asyncio.create_task(pipeline.run(source, stop))
             try:
