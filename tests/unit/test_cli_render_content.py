@@ -90,3 +90,16 @@ def test_render_refuses_a_bad_attachment_or_locale(tmp_path: Path) -> None:
 def test_render_needs_a_template_or_a_file(tmp_path: Path) -> None:
     assert invoke("render").exit_code == 2
     assert invoke("render", "welcome", "--file", str(request_file(tmp_path))).exit_code == 2
+
+
+def test_send_refuses_a_request_with_a_bad_attachment(tmp_path: Path) -> None:
+    bad = request_file(tmp_path, attachments=[{"filename": "x.exe", "content": "TVo="}])
+    result = invoke("send", "--file", str(bad))
+    assert result.exit_code == 2
+    assert "invalid request: attachment 'x.exe': .exe files are blocked" in result.output
+
+
+def test_send_refuses_an_attachment_url_on_a_host_not_allowed(tmp_path: Path) -> None:
+    result = invoke("send", "--file", str(request_file(tmp_path)))
+    assert result.exit_code == 2
+    assert "EMAIL_ATTACHMENT_URL_HOSTS is empty" in result.output
