@@ -122,7 +122,8 @@ def check_headers(value: dict[str, str]) -> dict[str, str]:
         lower = name.lower()
         if not _FIELD_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a header name")
-        if lower in _OWNED or not (lower.startswith("x-") or lower in _ALLOWED_LOWER):
+        custom = lower.startswith("x-") and len(lower) > 2
+        if lower in _OWNED or not (custom or lower in _ALLOWED_LOWER):
             raise ValueError(
                 f"header {name!r} is not allowed: use X-... or one of {', '.join(ALLOWED_HEADERS)}"
             )

@@ -60,6 +60,7 @@ def test_every_addition_is_accepted() -> None:
         ({"headers": {"X-Evil": "a\r\nBcc: victim@example.com"}}, "'X-Evil'"),
         ({"headers": {"X-Empty": " "}}, "'X-Empty'"),
         ({"headers": {"X Space": "v"}}, "'X Space'"),
+        ({"headers": {"X-": "v"}}, "'X-'"),
         ({"headers": {"X-A": "1", "x-a": "2"}}, "'x-a'"),
         ({"headers": {f"X-H{i}": "v" for i in range(51)}}, "at most 50 headers"),
         ({"headers": {f"X-H{i}": "v" * 400 for i in range(21)}}, "more than 8192"),
