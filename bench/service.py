@@ -31,7 +31,8 @@ class ServiceConfig:
     workers: int
     log_level: str = "INFO"
     extra_env: tuple[tuple[str, str], ...] = ()
-    """More settings as environment variables, e.g. (("EMAIL_RETRY_DELAYS", "3"),)."""
+    """More settings as environment variables, e.g. (("EMAIL_RETRY_DELAYS", "3"),), or the
+    DKIM_* settings of the content variants."""
 
 
 def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
@@ -39,7 +40,7 @@ def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_"))
+        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_", "DKIM_"))
     }
     env.update(
         {

@@ -13,9 +13,11 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
+from .attachment_fetch import HttpsAttachmentFetcher
 from .circuit import CircuitBreaker
-from .config import DedupSettings, Settings
+from .config import DedupSettings, DkimSettings, Settings
 from .consumer import KafkaRequestConsumer
+from .dkim import DEFAULT_HEADERS, DkimSigner, load_private_key
 from .dlq import KafkaDeadLetterSink
 from .handler import RequestHandler
 from .health import Health
@@ -65,7 +67,7 @@ async def run_service(
     email = settings.email
     # Pure parts first: a broken template or sender fails the start, before any connection.
     renderer = TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout)
-    builder = MessageBuilder(email.sender)
+    builder = MessageBuilder(email.sender, signer=dkim_signer(settings.dkim))
     # Never more failures than a request has attempts: an outage must open the circuit
     # before any request could run out of retries because of it.
     relay = Relay(
@@ -108,6 +110,13 @@ async def run_service(
             limits=_limits(settings),
             allowed_domains=email.allowed_domains,
             sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
+            fetcher=await stack.enter_async_context(
+                HttpsAttachmentFetcher(
+                    hosts=email.attachment_url_hosts,
+                    ca_file=email.attachment_ca_file,
+                    timeout=email.attachment_fetch_timeout,
+                )
+            ),
         )
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
@@ -147,6 +156,20 @@ async def run_service(
     return committed
 
 
+def dkim_signer(settings: DkimSettings) -> DkimSigner | None:
+    """The signer DKIM_* asks for, or None when signing is off (the key was checked at load)."""
+    if settings.private_key_file is None:
+        return None
+    assert settings.domain is not None
+    assert settings.selector is not None
+    return DkimSigner(
+        domain=settings.domain,
+        selector=settings.selector,
+        key=load_private_key(settings.private_key_file),
+        headers=settings.headers or DEFAULT_HEADERS,
+    )
+
+
 def _pipeline_settings(settings: Settings) -> PipelineSettings:
     return PipelineSettings(
         max_in_flight=settings.email.max_in_flight,
@@ -164,6 +187,8 @@ def _limits(settings: Settings) -> RequestLimits:
         max_recipients=email.max_recipients,
         max_data_depth=email.max_data_depth,
         max_data_bytes=email.max_data_bytes,
+        max_attachment_bytes=email.max_attachment_bytes,
+        attachment_url_hosts=email.attachment_url_hosts,
     )
 
 
@@ -205,6 +230,9 @@ def _log_started(settings: Settings, http_port: int) -> None:
         group=settings.kafka.group_id,
         workers=settings.email.worker_count,
         dedup="memory" if settings.dedup.redis_url is None else "redis",
+        dkim=None
+        if settings.dkim.domain is None
+        else f"{settings.dkim.selector}._domainkey.{settings.dkim.domain}",
         http_port=http_port,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )

@@ -18,15 +18,29 @@ from typing import Any, TypeVar
 
 import click
 import structlog
+from pydantic import ValidationError
 
 from .app import run_service
 from .config import ConfigError, LogLevel, Settings, environment_items, load_settings
 from .deadletters import BUCKETS, StoredDeadLetter
 from .embedded import BrokerStartError, MissingExtraError, require_extra
-from .errors import PermanentError, ServiceError, TemplateError
+from .errors import (
+    AttachmentError,
+    InvalidPayloadError,
+    PermanentError,
+    ServiceError,
+    TemplateError,
+)
 from .logging import configure_logging
-from .models import guess_request_id
-from .preview import check_request, format_rendered, render_template, write_rendered
+from .models import RenderedEmail, guess_request_id, parse_request
+from .preview import (
+    Preview,
+    check_request,
+    format_rendered,
+    preview_request,
+    render_template,
+    write_rendered,
+)
 from .publish import Published, build_request, encode_request, new_request_id, publish_one
 from .replay import ReplayOptions, list_dead_letters, replay
 
@@ -247,12 +261,19 @@ def send(id_: str | None, key: str | None, file_: Any, no_validate: bool, **fiel
 
 
 @main.command()
-@click.argument("template")
+@click.argument("template", required=False)
 @click.option(
     "--data",
     callback=_json_object,
     default="{}",
     help="Template variables: JSON object or @FILE.",
+)
+@click.option("--locale", help="BCP 47 locale, e.g. de-AT (falls back to de, then the default).")
+@click.option(
+    "--file",
+    "file_",
+    type=click.File("rb"),
+    help="Render this JSON request ('-': stdin): template or bodies, attachments, headers.",
 )
 @click.option(
     "--templates-dir",
@@ -264,20 +285,37 @@ def send(id_: str | None, key: str | None, file_: Any, no_validate: bool, **fiel
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write OUT/TEMPLATE/subject.txt, body.txt and body.html instead of printing.",
+    help="Write OUT/NAME/subject.txt, body.txt, body.html and attachments/ instead of printing.",
 )
 def render(
-    template: str, data: dict[str, Any], templates_dir: Path | None, out: Path | None
+    template: str | None,
+    data: dict[str, Any],
+    locale: str | None,
+    file_: Any,
+    templates_dir: Path | None,
+    out: Path | None,
 ) -> None:
-    """Render TEMPLATE with --data as the service would, without sending anything."""
+    """Render TEMPLATE with --data (or a whole request with --file) as the service would,
+    without sending anything; attachments are listed, and written with --out."""
+    if (template is None) == (file_ is None):
+        raise click.UsageError("give a TEMPLATE or --file REQUEST.json (not both)")
     try:
-        rendered = render_template(template, data, templates_dir=templates_dir)
-    except TemplateError as exc:
+        if file_ is not None:
+            request = parse_request(file_.read())
+            preview: RenderedEmail | Preview = preview_request(request, templates_dir=templates_dir)
+            name = request.template or "raw"
+        else:
+            assert template is not None
+            preview = render_template(template, data, templates_dir=templates_dir, locale=locale)
+            name = template
+    except (TemplateError, InvalidPayloadError, AttachmentError) as exc:
         raise BadInput(str(exc)) from exc
+    except ValidationError as exc:  # --locale
+        raise BadInput(f"--locale: {exc.errors()[0]['msg']}") from exc
     if out is None:
-        click.echo(format_rendered(rendered), nl=False)
+        click.echo(format_rendered(preview), nl=False)
         return
-    for path in write_rendered(rendered, out, template):
+    for path in write_rendered(preview, out, name):
         click.echo(f"wrote {path}")
 
 

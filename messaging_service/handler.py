@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 import structlog
 
+from .attachments import (
+    AttachmentPart,
+    AttachmentSource,
+    RemoteAttachment,
+    resolve,
+    total_size,
+)
 from .errors import (
+    AttachmentError,
+    AttachmentUnavailableError,
     DeadLetterUnavailableError,
     InvalidPayloadError,
     RecipientNotAllowedError,
@@ -29,12 +38,17 @@ from .health import Health
 from .metrics import Metrics
 from .mime import MessageBuilder
 from .models import (
+    NO_LABELS,
+    AttachmentFetcher,
     DeadLetter,
     DeadLetterSink,
+    EmailLabels,
+    EmailRequest,
     FailureReason,
     InboundRecord,
     Outcome,
     OutgoingEmail,
+    RenderedEmail,
     RequestLimits,
     Sender,
     check_recipient_domains,
@@ -52,6 +66,18 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True, eq=False)
+class Unfetched:
+    """Rendered, but with attachment URLs still to fetch (I/O, so not in ``prepare``).
+
+    Fetched bytes replace their RemoteAttachment here, so a retry fetches only what is missing.
+    """
+
+    request: EmailRequest
+    rendered: RenderedEmail
+    attachments: list[AttachmentSource]
+
+
+@dataclass(slots=True, eq=False)
 class Delivery:
     """The state of one request across its attempts; owned by whoever holds it now."""
 
@@ -64,6 +90,9 @@ class Delivery:
     unexpected_failures: int = 0
     refusal: tuple[FailureReason, Exception] | None = None
     """Why preparing it failed (it is dead-lettered by its next step), if it did."""
+    unfetched: Unfetched | None = None
+    labels: EmailLabels = NO_LABELS
+    """Template, locale, tags and metadata, once the request was read: logged with outcomes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +133,7 @@ class RequestHandler:
         clock: Callable[[], float] = time.time,
         limits: RequestLimits | None = None,
         allowed_domains: tuple[str, ...] = (),
+        fetcher: AttachmentFetcher | None = None,
     ) -> None:
         self._renderer = renderer
         self._builder = builder
@@ -119,6 +149,7 @@ class RequestHandler:
         self._clock = clock
         self._limits = limits or RequestLimits()
         self._allowed_domains = allowed_domains
+        self._fetcher = fetcher
 
     def prepare(self, delivery: Delivery) -> None:
         """Parse, check and render the request into wire bytes, once; no I/O, never awaits.
@@ -130,25 +161,42 @@ class RequestHandler:
         """
         if delivery.email is not None or delivery.refusal is not None:
             return
+        if delivery.unfetched is not None:
+            return
         try:
-            delivery.email = self._prepare(delivery)
+            prepared = self._prepare(delivery)
         except InvalidPayloadError as exc:
             delivery.refusal = (FailureReason.INVALID_PAYLOAD, exc)
         except RecipientNotAllowedError as exc:
             delivery.refusal = (FailureReason.RECIPIENT_NOT_ALLOWED, exc)
         except TemplateError as exc:
             delivery.refusal = (FailureReason.TEMPLATE_ERROR, exc)
+        except AttachmentError as exc:
+            delivery.refusal = (FailureReason.ATTACHMENT_ERROR, exc)
+        else:
+            if isinstance(prepared, Unfetched):
+                delivery.unfetched = prepared
+            else:
+                delivery.email = prepared
+                delivery.labels = prepared.labels
 
     async def process(self, delivery: Delivery) -> Step:
         """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
         if delivery.dead_letter is not None:
             return await self._publish(delivery)
-        if delivery.email is None and delivery.refusal is None:
+        if delivery.email is None and delivery.refusal is None and delivery.unfetched is None:
             self.prepare(delivery)
             structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
         if delivery.refusal is not None:
             reason, error = delivery.refusal
             return await self._dead_letter(delivery, reason, error)
+        if delivery.unfetched is not None:
+            # A redelivered request that was sent already is not worth a download.
+            if delivery.email_id is not None and await self._already_sent(delivery.email_id):
+                return self._duplicate(delivery)
+            step = await self._fetch(delivery, delivery.unfetched)
+            if step is not None:
+                return step
         assert delivery.email is not None
         return await self._attempt(delivery, delivery.email)
 
@@ -168,7 +216,7 @@ class RequestHandler:
             return RetryIn(delay)
         return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, error)
 
-    def _prepare(self, delivery: Delivery) -> OutgoingEmail:
+    def _prepare(self, delivery: Delivery) -> OutgoingEmail | Unfetched:
         value = delivery.record.value
         try:
             request = parse_request(value, self._limits)
@@ -178,15 +226,63 @@ class RequestHandler:
             delivery.email_id = guess_request_id(value) if small else None
             raise
         delivery.email_id = request.id
+        delivery.labels = EmailLabels(
+            template=request.template, tags=tuple(request.tags), metadata=request.metadata
+        )
         check_recipient_domains(request, self._allowed_domains)
-        return self._builder.build(request, self._renderer.render(request))
+        if not request.attachments:
+            return self._builder.build(request, self._renderer.render(request))
+        limits = self._limits
+        attachments = resolve(
+            request.attachments,
+            max_bytes=limits.max_attachment_bytes,
+            url_hosts=limits.attachment_url_hosts,
+        )
+        rendered = self._renderer.render(request)
+        if rendered.html is None and any(part.content_id for part in attachments):
+            raise AttachmentError("an attachment with content_id (inline) needs an HTML body")
+        ready = [part for part in attachments if isinstance(part, AttachmentPart)]
+        if len(ready) < len(attachments):
+            return Unfetched(request, rendered, attachments)
+        return self._builder.build(request, rendered, ready)
+
+    async def _fetch(self, delivery: Delivery, unfetched: Unfetched) -> Step | None:
+        """Fetch the attachment URLs still missing, then build; a Step when that failed."""
+        parts = unfetched.attachments
+        for index, part in enumerate(parts):
+            if not isinstance(part, RemoteAttachment):
+                continue
+            budget = self._limits.max_attachment_bytes - total_size(parts)
+            try:
+                if self._fetcher is None:
+                    raise AttachmentError("attachment URLs are not fetched by this service")
+                parts[index] = part.with_data(await self._fetcher.fetch(part.url, max_bytes=budget))
+            except AttachmentError as exc:
+                error = AttachmentError(f"attachment {part.filename!r}: {exc}")
+                return await self._dead_letter(delivery, FailureReason.ATTACHMENT_ERROR, error)
+            except AttachmentUnavailableError as exc:
+                # An attempt at delivering it, like a send: the same schedule and the same cap.
+                delivery.attempts += 1
+                delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)
+                if delay is None:
+                    return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, exc)
+                self._metrics.retries.inc()
+                log.warning(
+                    "attachment_fetch_retry_scheduled",
+                    attempt=delivery.attempts,
+                    retry_in=delay,
+                    error=str(exc),
+                )
+                return RetryIn(delay)
+        complete = [part for part in parts if isinstance(part, AttachmentPart)]
+        delivery.email = self._builder.build(unfetched.request, unfetched.rendered, complete)
+        delivery.labels = delivery.email.labels
+        delivery.unfetched = None
+        return None
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
         if await self._already_sent(email.email_id):
-            self._metrics.duplicates_skipped.inc()
-            self._finish(delivery, Outcome.DUPLICATE)
-            log.info("email_duplicate_skipped", attempts=delivery.attempts)
-            return Finished(Outcome.DUPLICATE)
+            return self._duplicate(delivery)
         relay = self._relay
         if relay.circuit_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
@@ -234,11 +330,22 @@ class RequestHandler:
             )
         self._metrics.sent.inc()
         self._finish(delivery, Outcome.SENT)
-        log.info("email_sent", attempt=delivery.attempts, recipients=len(email.recipients))
+        log.info(
+            "email_sent",
+            attempt=delivery.attempts,
+            recipients=len(email.recipients),
+            **email.labels.log_fields(),
+        )
         # Still "right after the 250": nothing above yields to the event loop. Counting first
         # keeps email_sent_total from lagging behind the relay by a store round trip.
         await self._remember(email.email_id)
         return Finished(Outcome.SENT)
+
+    def _duplicate(self, delivery: Delivery) -> Step:
+        self._metrics.duplicates_skipped.inc()
+        self._finish(delivery, Outcome.DUPLICATE)
+        log.info("email_duplicate_skipped", attempts=delivery.attempts)
+        return Finished(Outcome.DUPLICATE)
 
     def _relay_answered(self) -> None:
         self._relay.answered()
@@ -342,6 +449,7 @@ class RequestHandler:
             smtp_code=letter.smtp_code,
             error=_short(letter.error),
             error_type=type(letter.error).__name__,
+            **delivery.labels.log_fields(),
         )
         return Finished(Outcome.DEAD_LETTERED)
 

@@ -13,9 +13,14 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
+from typing import Protocol
+from urllib.parse import quote
 
 from .addresses import Address, parse_address
-from .models import EmailRequest, OutgoingEmail, RenderedEmail
+from .attachments import AttachmentPart
+from .mime_parts import attachment_entity, multipart, related
+from .models import EmailLabels, EmailRequest, OutgoingEmail, RenderedEmail
+from .request_extras import ListUnsubscribe
 
 CRLF = "\r\n"
 # RFC 5322 asks for lines of at most 78 characters (998 is the hard limit).
@@ -30,6 +35,7 @@ _PRINTABLE = re.compile(r"[ -~]*")
 _SPACED_WORDS = re.compile(r" +[^ ]+")
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 _ADDR_SPEC = re.compile(r"[!-;=?-~]+")  # printable ASCII without space, "<" or ">"
+_MAILTO_SAFE = "@.+-_~!$'*="
 _PART_HEAD = {
     subtype: (
         f"Content-Type: text/{subtype}; charset=utf-8{CRLF}"
@@ -44,17 +50,35 @@ def message_id(email_id: str, domain: str) -> str:
     return f"<{_digest(email_id)}@{domain}>"
 
 
+class Signer(Protocol):
+    """Signs a complete message: returns the header line (with CRLF) to put in front of it."""
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
 class MessageBuilder:
     """Turns a request and its rendered content into an ``OutgoingEmail``."""
 
-    def __init__(self, sender: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        sender: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        signer: Signer | None = None,
+    ) -> None:
         address = parse_address(sender, allow_special_use=True)
         self._sender = address.addr_spec
         self._domain = address.domain
         self._from = _address_header("From", [address])
         self._clock = clock
+        self._signer = signer
 
-    def build(self, request: EmailRequest, rendered: RenderedEmail) -> OutgoingEmail:
+    def build(
+        self,
+        request: EmailRequest,
+        rendered: RenderedEmail,
+        attachments: Sequence[AttachmentPart] = (),
+    ) -> OutgoingEmail:
         """Headers and bodies, CRLF throughout; Bcc recipients are only on the envelope."""
         _single_line(request.id, "email id")
         digest = _digest(request.id)
@@ -68,18 +92,70 @@ class MessageBuilder:
             "Date: " + formatdate(self._clock(), usegmt=True),
             f"Message-ID: <{digest}@{self._domain}>",
             "X-Email-Id: " + request.id,
-            "MIME-Version: 1.0",
-            "",
         )
+        for name, value in request.headers.items():
+            lines.append(_unstructured(name, value))
+        if request.list_unsubscribe is not None:
+            lines += _list_unsubscribe(request.list_unsubscribe)
+        lines += ("MIME-Version: 1.0", "")
         head = CRLF.join(lines).encode("ascii")
-        # "=_" can never occur in quoted-printable text, where "=" starts "=XX" or ends a line.
-        body = _body(rendered.text, rendered.html, boundary="=_" + digest)
+        # "=_" can never occur in quoted-printable text, where "=" starts "=XX" or ends a line,
+        # nor in base64. The boundaries differ in their third character, which is never a hex
+        # digit of the plain one, so none is the start of another.
+        if attachments:
+            body = _body_with_attachments(rendered, attachments, digest)
+        else:
+            body = _body(rendered.text, rendered.html, boundary="=_" + digest)
+        message = head + body
+        if self._signer is not None:
+            message = self._signer.sign(message) + message
         return OutgoingEmail(
             email_id=request.id,
             sender=self._sender,
             recipients=request.envelope_recipients,
-            message=head + body,
+            message=message,
+            labels=EmailLabels(
+                template=rendered.template,
+                locale=rendered.locale,
+                tags=tuple(request.tags),
+                metadata=request.metadata,
+            ),
         )
+
+
+def _list_unsubscribe(targets: ListUnsubscribe) -> list[str]:
+    """RFC 2369 ``List-Unsubscribe``; with an HTTPS URL also RFC 8058 one-click ``-Post``."""
+    tokens = []
+    if targets.url is not None:
+        tokens.append(f" <{targets.url}>")
+    if targets.mailto is not None:
+        tokens.append(f" <mailto:{quote(targets.mailto, safe=_MAILTO_SAFE)}>")
+    lines = [_fold("List-Unsubscribe", [t + "," for t in tokens[:-1]] + tokens[-1:])]
+    if targets.url is not None:
+        lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+    return lines
+
+
+def _body_with_attachments(
+    rendered: RenderedEmail, attachments: Sequence[AttachmentPart], digest: str
+) -> bytes:
+    """``multipart/mixed``: the body (inline images related to the HTML), then attachments."""
+    inline = [part for part in attachments if part.inline]
+    attached = [part for part in attachments if not part.inline]
+    html = None if rendered.html is None else _PART_HEAD["html"] + _qp(rendered.html)
+    if inline:
+        if html is None:
+            raise ValueError("inline attachments need an HTML body")
+        html = related(html, inline, "=_r" + digest)
+    if rendered.text is None:
+        assert html is not None  # a rendered email has at least one body
+        content = html
+    else:
+        text = _PART_HEAD["plain"] + _qp(rendered.text)
+        content = text if html is None else multipart("alternative", "=_a" + digest, [text, html])
+    if not attached:
+        return content
+    return multipart("mixed", "=_m" + digest, [content, *map(attachment_entity, attached)])
 
 
 def _digest(email_id: str) -> str:

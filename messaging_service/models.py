@@ -5,11 +5,12 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,6 +24,15 @@ from pydantic_core import to_json
 
 from .addresses import Address, parse_address
 from .errors import InvalidPayloadError, RecipientNotAllowedError
+from .request_extras import (
+    MAX_ATTACHMENTS,
+    Attachment,
+    ListUnsubscribe,
+    check_headers,
+    check_locale,
+    check_metadata,
+    check_tags,
+)
 
 MAX_RECIPIENTS = 50
 MAX_ID_LENGTH = 200
@@ -48,6 +58,7 @@ class FailureReason(enum.StrEnum):
     SMTP_REJECTED = "smtp_rejected"
     RETRIES_EXHAUSTED = "retries_exhausted"
     RECIPIENT_NOT_ALLOWED = "recipient_not_allowed"
+    ATTACHMENT_ERROR = "attachment_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,8 @@ class RequestLimits:
     max_recipients: int = MAX_RECIPIENTS
     max_data_depth: int = 10
     max_data_bytes: int = 65_536
+    max_attachment_bytes: int = 10 * 1024 * 1024
+    attachment_url_hosts: tuple[str, ...] = ()
 
 
 def _limits(info: ValidationInfo) -> RequestLimits:
@@ -103,6 +116,14 @@ class EmailRequest(BaseModel):
     text: str | None = None
     html: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+    headers: Annotated[dict[str, str], AfterValidator(check_headers)] = Field(default_factory=dict)
+    list_unsubscribe: ListUnsubscribe | None = None
+    locale: Annotated[str, AfterValidator(check_locale)] | None = None
+    tags: Annotated[list[str], AfterValidator(check_tags)] = Field(default_factory=list)
+    metadata: Annotated[dict[str, str], AfterValidator(check_metadata)] = Field(
+        default_factory=dict
+    )
 
     @field_validator("id")
     @classmethod
@@ -266,11 +287,43 @@ class InboundRecord:
 
 @dataclass(frozen=True, slots=True)
 class RenderedEmail:
-    """Subject and bodies after templating; at least one body is present."""
+    """Subject and bodies after templating; at least one body is present.
+
+    ``template`` and ``locale`` name the template files actually used (``welcome``, ``de``
+    for a request asking for ``de-AT`` that fell back), None for raw bodies or no locale.
+    """
 
     subject: str
     text: str | None
     html: str | None
+    template: str | None = None
+    locale: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmailLabels:
+    """What a request says about itself that is never sent: logged with it, for events."""
+
+    template: str | None = None
+    locale: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def log_fields(self) -> dict[str, object]:
+        """The fields worth logging: those that are set."""
+        fields: dict[str, object] = {}
+        if self.template is not None:
+            fields["template"] = self.template
+        if self.locale is not None:
+            fields["locale"] = self.locale
+        if self.tags:
+            fields["tags"] = list(self.tags)
+        if self.metadata:
+            fields["metadata"] = dict(self.metadata)
+        return fields
+
+
+NO_LABELS = EmailLabels()
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +334,7 @@ class OutgoingEmail:
     sender: str
     recipients: Sequence[str]
     message: bytes
+    labels: EmailLabels = NO_LABELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +367,15 @@ class Sender(Protocol):
     """Sends one message to the relay. Raises SmtpTransientError or SmtpRejectedError."""
 
     async def send(self, email: OutgoingEmail) -> SendReport: ...
+
+
+class AttachmentFetcher(Protocol):
+    """Fetches an attachment URL's bytes, at most ``max_bytes`` of them.
+
+    Raises AttachmentError (refused, 4xx, too big) or AttachmentUnavailableError (5xx, timeout).
+    """
+
+    async def fetch(self, url: str, *, max_bytes: int) -> bytes: ...
 
 
 class DeadLetterSink(Protocol):

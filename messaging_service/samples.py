@@ -1,7 +1,11 @@
-"""Sample requests for dev mode: one per built-in template, and one that is dead-lettered."""
+"""Sample requests for dev mode: one per built-in template, one with an attachment and an
+inline image, and one that is dead-lettered."""
 
 from __future__ import annotations
 
+import base64
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +69,33 @@ def samples() -> list[Sample]:
             },
             Outcome.SENT,
         ),
+        # German (de-AT falls back to de), with an invoice attached and a logo shown inline:
+        # the layout shows the image whose content_id the data names as logo_cid.
+        Sample(
+            {
+                "id": "sample-invoice-attached",
+                "template": "order_confirmation",
+                "locale": "de-AT",
+                "to": "Hedy Lamarr <hedy@example.com>",
+                "data": {
+                    "name": "Hedy",
+                    "order_id": "A-1002",
+                    "items": [{"name": "Kaffeebohnen", "quantity": 1, "price": "12.50"}],
+                    "total": "12.50",
+                    "logo_cid": "logo",
+                },
+                "attachments": [
+                    {"filename": "Rechnung-A-1002.pdf", "content": _b64(_invoice_pdf())},
+                    {"filename": "logo.png", "content": _b64(_logo_png()), "content_id": "logo"},
+                ],
+                "list_unsubscribe": {"url": "https://shop.example.com/unsubscribe/hedy"},
+                "headers": {"List-Id": "Shop orders <orders.shop.example.com>"},
+                "tags": ["order", "invoice"],
+                "metadata": {"order_id": "A-1002"},
+            },
+            Outcome.SENT,
+            label="order_confirmation (de-AT) with an attachment and an inline image",
+        ),
         # A template variable is missing: rendering fails, a permanent error, dead-lettered
         # at once with the reason and the message in its headers.
         Sample(
@@ -79,3 +110,34 @@ def samples() -> list[Sample]:
             label="password_reset without reset_url",
         ),
     ]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _invoice_pdf() -> bytes:
+    return (
+        b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n"
+        b"2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\n"
+        b"trailer << /Root 1 0 R >>\n%%EOF\n"
+    )
+
+
+def _logo_png(size: int = 48) -> bytes:
+    """A blue square as a real PNG, made here so the package ships no binary sample."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + b"\x2f\x6f\xed" * size for _ in range(size))
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"IDAT", zlib.compress(rows)),
+            chunk(b"IEND", b""),
+        )
+    )

@@ -22,8 +22,9 @@ BUILTIN_DIR = Path(__file__).parent / "templates"
 
 # Longest suffix first: "x.subject.txt" also ends with ".txt".
 _SUFFIXES = ((".subject.txt", "subject"), (".txt", "text"), (".html", "html"))
-# The same rule as EmailRequest.template, so every loaded template can be asked for.
-_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,99}")
+# The same rule as EmailRequest.template, so every loaded template can be asked for, with an
+# optional BCP 47 locale: "welcome", "welcome.de", "welcome.de-AT".
+_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,99}(\.[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3})?")
 # A price with more digits than this is shown as given, so a hostile string such as "1e999999"
 # can never make the formatter build a huge number.
 _MAX_PRICE_DIGITS = 30
@@ -142,8 +143,10 @@ class TemplateRenderer:
         sources = _read_dir(BUILTIN_DIR)
         if extra_dir is not None:
             extra = _read_dir(extra_dir)
-            replaced = {_split(name)[0] for name in extra}
-            sources = {n: s for n, s in sources.items() if _split(n)[0] not in replaced}
+            # A template replaces the built-in one with all its locales, so a changed English
+            # text never sits next to a stale built-in translation.
+            replaced = {_base(name) for name in extra}
+            sources = {n: s for n, s in sources.items() if _base(n) not in replaced}
             sources.update(extra)
         self._env = _GuardedSandbox(
             finalize=_finalize,
@@ -168,7 +171,16 @@ class TemplateRenderer:
 
     @property
     def names(self) -> frozenset[str]:
-        return frozenset(self._templates)
+        """Template names a request can ask for (without locales)."""
+        return frozenset(name.split(".", 1)[0] for name in self._templates)
+
+    @property
+    def variants(self) -> frozenset[tuple[str, str | None]]:
+        """Every (name, locale) there are template files for; None is the default locale."""
+        return frozenset(
+            (name, locale or None)
+            for name, _, locale in (key.partition(".") for key in self._templates)
+        )
 
     def render(self, request: EmailRequest) -> RenderedEmail:
         """Subject and bodies for ``request``; raise TemplateError saying what went wrong.
@@ -192,9 +204,7 @@ class TemplateRenderer:
         if request.template is None:
             assert request.subject is not None  # EmailRequest guarantees it without a template
             return RenderedEmail(subject=request.subject, text=request.text, html=request.html)
-        template = self._templates.get(request.template)
-        if template is None:
-            raise TemplateError(f"unknown template {request.template!r}")
+        template, locale = self._lookup(request.template, request.locale)
         data = request.data
         if request.subject is not None:
             subject = request.subject
@@ -214,7 +224,21 @@ class TemplateRenderer:
             if template.html is None
             else _render(request.template, "html", template.html, data)
         )
-        return RenderedEmail(subject=subject, text=text, html=html)
+        return RenderedEmail(
+            subject=subject, text=text, html=html, template=request.template, locale=locale
+        )
+
+    def _lookup(self, name: str, locale: str | None) -> tuple[_Compiled, str | None]:
+        """NAME.de-at, then NAME.de, then NAME: the template and the locale it is for."""
+        if locale is not None:
+            for candidate in locale_chain(locale):
+                template = self._templates.get(f"{name}.{candidate}")
+                if template is not None:
+                    return template, candidate
+        template = self._templates.get(name)
+        if template is None:
+            raise TemplateError(f"unknown template {name!r}")
+        return template, None
 
     def _compile(self, file_name: str, origin: str) -> Template:
         try:
@@ -253,6 +277,17 @@ def _reason(exc: Exception, limit: int = 200) -> str:
     text = str(exc) or type(exc).__name__
     text = text if type(exc).__module__.startswith("jinja2") else f"{type(exc).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def locale_chain(locale: str) -> list[str]:
+    """``de-AT`` -> ``["de-at", "de"]``: the locale, then each shorter prefix (lower-case)."""
+    subtags = locale.lower().split("-")
+    return ["-".join(subtags[:end]) for end in range(len(subtags), 0, -1)]
+
+
+def _base(file_name: str) -> str:
+    """The template name of a file, without locale or part: ``welcome.de.txt`` -> welcome."""
+    return _split(file_name)[0].split(".", 1)[0]
 
 
 def _is_html(file_name: str | None) -> bool:
@@ -295,7 +330,8 @@ def _assemble(compiled: dict[str, Template]) -> dict[str, _Compiled]:
     for file_name, template in compiled.items():
         name, part = _split(file_name)
         if not name.startswith("_"):
-            parts.setdefault(name, {})[part] = template
+            base, dot, locale = name.partition(".")
+            parts.setdefault(base + dot + locale.lower(), {})[part] = template
     templates: dict[str, _Compiled] = {}
     for name, found in parts.items():
         if "subject" not in found:

@@ -146,3 +146,20 @@ def record(
         value=value,
         headers=(("trace", b"abc"),),
     )
+
+
+class FakeFetcher:
+    """Answers each attachment URL with the next scripted bytes or error, recording the URLs."""
+
+    def __init__(self, *script: bytes | Exception) -> None:
+        self.script: deque[bytes | Exception] = deque(script)
+        self.urls: list[str] = []
+        self.budgets: list[int] = []
+
+    async def fetch(self, url: str, *, max_bytes: int) -> bytes:
+        self.urls.append(url)
+        self.budgets.append(max_bytes)
+        result = self.script.popleft()
+        if isinstance(result, Exception):
+            raise result
+        return result
