@@ -34,12 +34,15 @@ from .redis_sentlog import RedisSentLog
 from .relay import Relay
 from .retry import RetryPolicy
 from .sentlog import MemorySentLog, SentLog
+from .shared_metrics import LiveMirror
 from .smtp import SmtpSender
 from .templates import TemplateRenderer
 from .throttle import AdaptiveRate
 from .watchdog import Watchdog
 
 log = structlog.get_logger(__name__)
+
+_MIRROR_INTERVAL = 0.5  # seconds between copies of the live gauges for the supervisor
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +60,14 @@ async def run_service(
     *,
     registry: CollectorRegistry | None = None,
     on_started: Callable[[Running], None] | None = None,
+    shared_metrics: bool = False,
 ) -> bool:
     """Run until ``stop`` is set; then drain, commit and close everything in reverse order.
 
     Returns False when the final commit failed (the CLI then exits non-zero); what it held is
-    delivered again from the last commit that landed.
+    delivered again from the last commit that landed. With ``shared_metrics`` (a child of
+    ``run --processes``) the live gauges are also copied to the multiprocess files the
+    supervisor sums.
     """
     registry = registry if registry is not None else CollectorRegistry()
     email = settings.email
@@ -136,7 +142,11 @@ async def run_service(
             settings=_pipeline_settings(settings),
             watchdog=watchdog,
         )
-        metrics.watch(_live_state(pool, lifecycle, tracker, health, relay, limiter, watchdog))
+        live = _live_state(pool, lifecycle, tracker, health, relay, limiter, watchdog)
+        metrics.watch(live)
+        if shared_metrics:
+            mirror = LiveMirror(live)
+            await stack.enter_async_context(_background(lambda: mirror.run(_MIRROR_INTERVAL)))
         await stack.enter_async_context(
             _background(lambda: relay.watch(sender.probe, settings.smtp.probe_interval))
         )
@@ -228,6 +238,7 @@ def _log_started(settings: Settings, http_port: int) -> None:
         "service_started",
         topic=settings.kafka.topic,
         group=settings.kafka.group_id,
+        group_instance_id=settings.kafka.group_instance_id,
         workers=settings.email.worker_count,
         dedup="memory" if settings.dedup.redis_url is None else "redis",
         dkim=None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -21,6 +22,7 @@ import structlog
 from pydantic import ValidationError
 
 from .app import run_service
+from .child import ChildRole, die_with_supervisor
 from .config import ConfigError, LogLevel, Settings, environment_items, load_settings
 from .deadletters import BUCKETS, StoredDeadLetter
 from .embedded import BrokerStartError, MissingExtraError, require_extra
@@ -43,6 +45,7 @@ from .preview import (
 )
 from .publish import Published, build_request, encode_request, new_request_id, publish_one
 from .replay import ReplayOptions, list_dead_letters, replay
+from .supervisor import process_count, run_supervisor
 
 T = TypeVar("T")
 
@@ -70,15 +73,26 @@ def main() -> None:
 
 
 @main.command()
-def run() -> None:
+@click.option(
+    "--processes",
+    metavar="N|auto",
+    help="Service processes under one supervisor, one HTTP port [default: SERVICE_PROCESSES, 1]; "
+    "auto: the CPUs this process may use.",
+)
+def run(processes: str | None) -> None:
     """Run the service until SIGTERM or SIGINT, then drain in-flight requests and exit 0.
 
     Exits 1 if the final offset commit failed (nothing is lost: Kafka delivers it again).
     """
-    settings = _settings_or_exit()
+    overrides = {} if processes is None else {"runtime": {"service_processes": processes}}
+    settings = _settings_or_exit(**overrides)
     configure_logging(settings.log)
+    role = ChildRole.from_environment(os.environ)
+    count = process_count(settings.runtime.service_processes)
+    if role is None and count > 1:
+        sys.exit(run_supervisor(settings, count))
     try:
-        committed = _run_event_loop(_run(settings))
+        committed = _run_event_loop(_run(settings, role))
     except ServiceError as exc:
         # A dependency that cannot be reached at start, or templates that do not compile:
         # exit non-zero with one clear line, and let the supervisor restart us.
@@ -98,7 +112,7 @@ def _run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-async def _run(settings: Settings) -> bool:
+async def _run(settings: Settings, role: ChildRole | None = None) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     log = structlog.get_logger(__name__)
@@ -112,7 +126,16 @@ async def _run(settings: Settings) -> bool:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
-    return await run_service(settings, stop)
+    if role is None:
+        return await run_service(settings, stop)
+    structlog.contextvars.bind_contextvars(child=role.index)
+    die_with_supervisor(role, lambda: request_stop(signal.SIGTERM))
+    return await run_service(
+        settings,
+        stop,
+        on_started=lambda running: role.write_port(running.http_port),
+        shared_metrics=True,
+    )
 
 
 @main.command()
@@ -432,9 +455,9 @@ def _where(published: Published) -> str:
     return f"topic={published.topic} partition={published.partition} offset={published.offset}"
 
 
-def _settings_or_exit() -> Settings:
+def _settings_or_exit(**overrides: Any) -> Settings:
     try:
-        return load_settings()
+        return load_settings(**overrides)
     except ConfigError as exc:
         click.echo(f"messaging-service: {exc}", err=True)
         sys.exit(2)

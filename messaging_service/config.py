@@ -6,7 +6,7 @@ import enum
 import re
 import ssl
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -80,6 +80,10 @@ class KafkaSettings(BaseSettings):
     topic: str = Field(default="email.requests", min_length=1)
     dlq_topic: str = Field(default="email.requests.dlq", min_length=1)
     group_id: str = Field(default="messaging-service", min_length=1)
+    # Static group membership (KIP-345): a member that comes back under the same id within the
+    # session timeout gets its partitions back without a rebalance. `run --processes N` sets it
+    # per child (SERVICE_INSTANCE_NAME plus the child's index).
+    group_instance_id: str | None = Field(default=None, min_length=1)
     auto_offset_reset: OffsetReset = OffsetReset.EARLIEST
     security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT
     sasl_mechanism: SaslMechanism | None = None
@@ -381,6 +385,22 @@ class RuntimeSettings(BaseSettings):
     model_config = _section("")
 
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    # `run --processes`: service processes under one supervisor ("auto": the usable CPUs).
+    service_processes: int | Literal["auto"] = Field(default=1)
+    # Stable base of each child's group.instance.id (default: the host name).
+    service_instance_name: str | None = Field(default=None, min_length=1)
+
+    @field_validator("service_processes", mode="before")
+    @classmethod
+    def _processes(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError("must be a whole number of at least 1, or auto")
+        if isinstance(value, (int, str)) and int(value) < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
+
     # Liveness: /healthz fails once requests have waited this long with none finishing (0: off).
     watchdog_timeout: float = Field(default=300.0, ge=0)
 

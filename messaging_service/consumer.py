@@ -73,6 +73,9 @@ class KafkaRequestConsumer(ClosedOnExit):
             "heartbeat_interval_ms": settings.heartbeat_interval_ms,
             "max_poll_interval_ms": settings.max_poll_interval_ms,
             "rebalance_timeout_ms": settings.rebalance_timeout_ms,
+            # Brokers before Kafka 2.3 (JoinGroup v5) never see it: aiokafka then joins as an
+            # ordinary dynamic member, and a restarted member rebalances the group.
+            "group_instance_id": settings.group_instance_id,
         }
         options.update({key: value for key, value in optional.items() if value is not None})
         return options

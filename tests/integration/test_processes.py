@@ -1,0 +1,188 @@
+"""``run --processes 2``: one supervisor, two service processes in one group, one HTTP port."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.kafka import Broker, Topics, committed_total, produce, wait_for
+from support.service import ServiceProcess, request_payload, settings_for
+from support.smtp_server import SmtpTestServer
+
+pytestmark = pytest.mark.integration
+
+_TWO = {"SERVICE_PROCESSES": "2", "SERVICE_INSTANCE_NAME": "test-host"}
+
+
+async def _metrics(service: ServiceProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = await service.get("/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def _value(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return metrics.get((name, ()), 0.0)
+
+
+def _children(service: ServiceProcess) -> dict[int, int]:
+    """Child index -> pid of its latest start, from the supervisor's log."""
+    return {
+        event["child"]: event["pid"]
+        for event in service.events()
+        if event.get("event") == "service_process_started"
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def _start(service: ServiceProcess, processes: list[ServiceProcess]) -> None:
+    processes.append(service)
+    service.start()
+    await service.wait_ready(timeout=60)
+
+
+async def test_metrics_of_two_processes_are_the_sum_of_what_each_did(
+    broker: Broker,
+    topics: Topics,
+    relay: SmtpTestServer,
+    processes: list[ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(broker.bootstrap, topics, relay.port, workers=3)
+    service = ServiceProcess(settings, tmp_path / "log", env=_TWO)
+    await _start(service, processes)
+
+    async def assigned() -> bool:
+        return _value(await _metrics(service), "email_assigned_partitions") == 3
+
+    # Produce once the group is settled, so that no rebalance hands a record to both children.
+    await wait_for(assigned, 30, message="the three partitions shared out")
+    ids = [f"sum-{i}" for i in range(60)]
+    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    await relay.wait_for_messages(len(ids), within=60)
+
+    async def settled() -> bool:
+        # Live gauges are copied twice a second; counters are exact at once.
+        metrics = await _metrics(service)
+        return (
+            _value(metrics, "email_sent_total") == len(ids)
+            and _value(metrics, "email_in_flight_requests") == 0
+            and _value(metrics, "email_assigned_partitions") == 3
+        )
+
+    await wait_for(settled, 20, message="both children's metrics summed")
+    metrics = await _metrics(service)
+    assert _value(metrics, "email_requests_consumed_total") == len(ids)
+    assert _value(metrics, "email_service_processes_running") == 2
+    assert _value(metrics, "email_worker_pool_size") == 2 * 3
+    assert _value(metrics, "email_pool_jobs_completed_total") >= len(ids)
+    assert metrics[("email_readiness_check", (("check", "joined_group"),))] == 1
+    by_child = collections.Counter(
+        event["child"] for event in service.events() if event.get("event") == "email_sent"
+    )
+    assert set(by_child) == {0, 1}, "both children sent some of them"
+    assert sum(by_child.values()) == len(ids)
+    instance_ids = {
+        event["child"]: event.get("group_instance_id")
+        for event in service.events()
+        if event.get("event") == "service_started"
+    }
+    assert instance_ids == {0: "test-host-0", 1: "test-host-1"}
+
+    status, body = await service.get("/healthz")
+    assert status == 200, body
+    assert [child["state"] for child in json.loads(body)["children"]] == ["running", "running"]
+
+    service.signal(signal.SIGTERM)
+    assert await service.wait_exit(timeout=60) == 0, service.log_tail()
+    assert await committed_total(broker, topics) == len(ids)
+    stopped = [e["child"] for e in service.events() if e.get("event") == "service_stopped"]
+    assert sorted(stopped) == [0, 1]
+
+
+async def test_a_child_killed_with_sigkill_is_restarted_and_its_requests_delivered(
+    broker: Broker,
+    topics: Topics,
+    relay: SmtpTestServer,
+    processes: list[ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    relay.delay_data(0.05)
+    settings = settings_for(broker.bootstrap, topics, relay.port, workers=2)
+    service = ServiceProcess(settings, tmp_path / "log", env=_TWO)
+    await _start(service, processes)
+    ids = [f"restart-{i}" for i in range(120)]
+    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    await relay.wait_for_messages(20, within=60)
+    victim = _children(service)[0]
+    os.kill(victim, signal.SIGKILL)
+
+    await wait_for(lambda: _children(service)[0] != victim, 30, message="child 0 restarted")
+    await wait_for(
+        lambda: {message.email_id for message in relay.messages} == set(ids),
+        120,
+        message="every request delivered, none lost",
+    )
+
+    async def counted() -> bool:
+        sent = _value(await _metrics(service), "email_sent_total")
+        # The killed child's counts stay in the sum, so it is every acceptance (duplicates
+        # too) but those whose 250 arrived as the child died: at most one per worker (2).
+        return len(relay.messages) - 2 <= sent <= len(relay.messages)
+
+    await wait_for(counted, 10, message="email_sent_total counts the dead child too")
+    metrics = await _metrics(service)
+    assert metrics[("email_service_process_restarts_total", (("child", "0"),))] == 1
+    assert metrics[("email_service_process_restarts_total", (("child", "1"),))] == 0
+    exited = [e for e in service.events() if e.get("event") == "service_process_exited"]
+    assert [(e["child"], e["exit_code"]) for e in exited] == [(0, -signal.SIGKILL)]
+
+    service.signal(signal.SIGTERM)
+    assert await service.wait_exit(timeout=60) == 0, service.log_tail()
+    assert await committed_total(broker, topics) == len(ids)
+
+
+async def test_killing_the_supervisor_leaves_no_child_behind(
+    broker: Broker,
+    topics: Topics,
+    relay: SmtpTestServer,
+    processes: list[ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    relay.delay_data(0.05)
+    settings = settings_for(broker.bootstrap, topics, relay.port, workers=2)
+    service = ServiceProcess(settings, tmp_path / "log", env=_TWO)
+    await _start(service, processes)
+    ids = [f"orphan-{i}" for i in range(40)]
+    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    await relay.wait_for_messages(5, within=60)
+    children = _children(service)
+    assert len(children) == 2
+
+    service.kill()  # SIGKILL: the supervisor cannot forward anything
+
+    await wait_for(
+        lambda: not any(_alive(pid) for pid in children.values()), 60, message="children gone"
+    )
+    # Each child got SIGTERM from the kernel, drained what it held and committed.
+    stopped = [e for e in service.events() if e.get("event") == "service_stopped"]
+    assert sorted(e["child"] for e in stopped) == [0, 1]
+    assert all(e["final_commit"] == "ok" for e in stopped)
+    delivered = {message.email_id for message in relay.messages}
+    assert await committed_total(broker, topics) == len(delivered)
