@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .addresses import parse_address
+from messaging_service.core.addresses import parse_address
 
 DEFAULT_ENV_FILE = Path(".env")
 # The password part of a URL's user information: scheme://user:PASSWORD@host
@@ -367,7 +367,9 @@ class DkimSettings(BaseSettings):
     @classmethod
     def _key_loads(cls, value: Path | None) -> Path | None:
         if value is not None:
-            from .dkim import load_private_key  # cryptography, only when signing is on
+            from messaging_service.core.dkim import (
+                load_private_key,  # cryptography, only when signing is on
+            )
 
             load_private_key(value)  # raises DkimKeyError (a ValueError) saying why
         return value

@@ -9,6 +9,8 @@ from typing import Any, cast
 import pytest
 import trustme
 
+from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
+from messaging_service.adapters.kafka_producer import Publisher
 from messaging_service.config import (
     ConfigError,
     KafkaSecurityProtocol,
@@ -19,8 +21,6 @@ from messaging_service.config import (
     kafka_client_options,
     load_settings,
 )
-from messaging_service.consumer import KafkaRequestConsumer
-from messaging_service.publish import Publisher
 
 _VARIABLES = (
     "KAFKA_BOOTSTRAP_SERVERS",
