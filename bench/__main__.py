@@ -10,16 +10,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from support.apache_kafka import ApacheKafka, missing
-from support.kafka import EmbeddedBroker
-
-from . import report
-from .content_mode import content_markdown
-from .content_mode import variants as content_variants
-from .crash import CrashPlan, CrashResult, crash_markdown, measure_crash
-from .memory import measure_memory, memory_markdown
-from .profile import profile_markdown, profile_service
-from .runner import (
+from messaging_service import report
+from messaging_service.content_mode import content_markdown
+from messaging_service.content_mode import variants as content_variants
+from messaging_service.crash import CrashPlan, CrashResult, crash_markdown, measure_crash
+from messaging_service.memory import measure_memory, memory_markdown
+from messaging_service.profile import profile_markdown, profile_service
+from messaging_service.runner import (
     Context,
     Point,
     Target,
@@ -28,7 +25,9 @@ from .runner import (
     measure_service,
     steps,
 )
-from .tools import REPO, ensure_smtp_sink
+from messaging_service.tools import REPO, ensure_smtp_sink
+from support.apache_kafka import ApacheKafka, missing
+from support.kafka import EmbeddedBroker
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,32 +13,33 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from .attachment_fetch import HttpsAttachmentFetcher
-from .circuit import CircuitBreaker
-from .config import DedupSettings, DkimSettings, Settings
-from .consumer import KafkaRequestConsumer
-from .dkim import DEFAULT_HEADERS, DkimSigner, load_private_key
-from .dlq import KafkaDeadLetterSink
-from .handler import RequestHandler
-from .health import Health
-from .http import HttpServer, build_app
-from .lifecycle import Lifecycle
-from .metrics import LiveState, Metrics
-from .mime import MessageBuilder
-from .models import RequestLimits
-from .offsets import OffsetTracker
-from .pipeline import Pipeline, PipelineSettings
-from .pool import WorkerPool
-from .ratelimit import SendRateLimiter
-from .redis_sentlog import RedisSentLog
-from .relay import Relay
-from .retry import RetryPolicy
-from .sentlog import MemorySentLog, SentLog
-from .shared_metrics import LiveMirror
-from .smtp import SmtpSender
-from .templates import TemplateRenderer
-from .throttle import AdaptiveRate
-from .watchdog import Watchdog
+from messaging_service.adapters.attachment_fetch import HttpsAttachmentFetcher
+from messaging_service.adapters.dead_letters import KafkaDeadLetterSink
+from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
+from messaging_service.adapters.redis_sentlog import RedisSentLog
+from messaging_service.adapters.sentlog import MemorySentLog
+from messaging_service.adapters.smtp import SmtpSender
+from messaging_service.config import DedupSettings, DkimSettings, Settings
+from messaging_service.core.circuit import CircuitBreaker
+from messaging_service.core.contract import RequestLimits
+from messaging_service.core.dkim import DEFAULT_HEADERS, DkimSigner, load_private_key
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.offsets import OffsetTracker
+from messaging_service.core.ports import SentLog
+from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.throttle import AdaptiveRate
+from messaging_service.core.watchdog import Watchdog
+from messaging_service.service.handler import RequestHandler
+from messaging_service.service.health import Health
+from messaging_service.service.lifecycle import Lifecycle
+from messaging_service.service.pipeline import Pipeline, PipelineSettings
+from messaging_service.service.pool import WorkerPool
+from messaging_service.service.ratelimit import SendRateLimiter
+from messaging_service.service.relay import Relay
+from messaging_service.telemetry.http import HttpServer, build_app
+from messaging_service.telemetry.metrics import LiveState, Metrics
+from messaging_service.telemetry.shared_metrics import LiveMirror
 
 log = structlog.get_logger(__name__)
 

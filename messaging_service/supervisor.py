@@ -4,8 +4,8 @@ The supervisor starts each child as ``python -m messaging_service run`` with its
 environment, restarts one that exits (backoff 1 s doubling to 30 s, back to 1 s after a minute
 of running), forwards SIGTERM/SIGINT as SIGTERM to every child and waits for each to drain and
 commit. Children ask the kernel for SIGTERM when the supervisor dies (``child.py``), so none
-outlives it. ``/metrics`` sums every child (``shared_metrics.py``); ``/healthz`` and ``/readyz``
-ask every child.
+outlives it. ``/metrics`` sums every child (``telemetry/shared_metrics.py``); ``/healthz`` and
+``/readyz`` ask every child.
 """
 
 from __future__ import annotations
@@ -29,10 +29,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .child import ChildRole
-from .config import Settings
-from .http import HttpServer
-from .shared_metrics import SupervisorCollector, aggregate_registry, forget_process
+from messaging_service.child import ChildRole
+from messaging_service.config import Settings
+from messaging_service.telemetry.http import HttpServer
+from messaging_service.telemetry.shared_metrics import (
+    SupervisorCollector,
+    aggregate_registry,
+    forget_process,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from messaging_service.attachment_fetch import HttpsAttachmentFetcher
+from messaging_service.adapters.attachment_fetch import HttpsAttachmentFetcher
 from messaging_service.errors import AttachmentError, AttachmentUnavailableError
 from support.https_files import HttpsFiles
 

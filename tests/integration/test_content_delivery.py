@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from messaging_service.dkim import PrivateKey, public_key_record
+from messaging_service.core.dkim import PrivateKey, public_key_record
 from support.https_files import HttpsFiles
 from support.kafka import Broker, Topics, produce, read_all
 from support.service import headers_of, in_process, request_payload, settings_for

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from messaging_service.attachments import AttachmentPart, resolve
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import EmailRequest
-from messaging_service.templates import TemplateRenderer
+from messaging_service.core.attachments import AttachmentPart, resolve
+from messaging_service.core.contract import EmailRequest
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.templates import TemplateRenderer
 from support.filters import Rspamd, missing, rspamd, spamassassin
 
 pytestmark = pytest.mark.filters

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from messaging_service.models import Outcome
-from messaging_service.preview import render_template
-from messaging_service.samples import samples
+from messaging_service.core.values import Outcome
+from messaging_service.dev.samples import samples
+from messaging_service.ops.preview import render_template
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,9 @@ import asyncio
 from collections import deque
 from collections.abc import Mapping
 
+from messaging_service.core.offsets import Commit, TopicPartition
+from messaging_service.core.values import DeadLetter, InboundRecord, OutgoingEmail, SendReport
 from messaging_service.errors import DeadLetterUnavailableError, SentLogUnavailableError
-from messaging_service.models import DeadLetter, InboundRecord, OutgoingEmail, SendReport
-from messaging_service.offsets import Commit, TopicPartition
 
 Script = SendReport | Exception
 

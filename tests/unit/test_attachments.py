@@ -6,9 +6,9 @@ import base64
 
 import pytest
 
-from messaging_service.attachments import AttachmentPart, RemoteAttachment, guess_type, resolve
+from messaging_service.core.attachments import AttachmentPart, RemoteAttachment, guess_type, resolve
+from messaging_service.core.request_extras import Attachment
 from messaging_service.errors import AttachmentError
-from messaging_service.request_extras import Attachment
 
 
 def b64(data: bytes) -> str:

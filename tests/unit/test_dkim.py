@@ -15,8 +15,9 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging_service.attachments import AttachmentPart
-from messaging_service.dkim import (
+from messaging_service.core.attachments import AttachmentPart
+from messaging_service.core.contract import EmailRequest
+from messaging_service.core.dkim import (
     DkimKeyError,
     DkimSigner,
     PrivateKey,
@@ -24,8 +25,8 @@ from messaging_service.dkim import (
     load_private_key,
     public_key_record,
 )
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import EmailRequest, RenderedEmail
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.values import RenderedEmail
 
 DOMAIN = "shop.example.com"
 SELECTOR = "mail2026"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from messaging_service.core.contract import parse_request
 from messaging_service.errors import InvalidPayloadError
-from messaging_service.models import parse_request
 
 
 def _payload(**fields: Any) -> bytes:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from messaging_service.models import EmailRequest
-from messaging_service.templates import TemplateRenderer, locale_chain
+from messaging_service.core.contract import EmailRequest
+from messaging_service.core.templates import TemplateRenderer, locale_chain
 
 RENDERER = TemplateRenderer()
 DATA = {

@@ -10,9 +10,9 @@ import pytest
 from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from messaging_service.core.contract import EmailRequest
+from messaging_service.core.templates import TemplateRenderer, money
 from messaging_service.errors import TemplateError
-from messaging_service.models import EmailRequest
-from messaging_service.templates import TemplateRenderer, money
 
 RENDERER = TemplateRenderer()
 
