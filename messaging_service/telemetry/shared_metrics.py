@@ -107,11 +107,13 @@ class LiveMirror:
 
     def _update_oldest(self, oldest: Mapping[tuple[str, int], float]) -> None:
         current = {(topic, str(partition)): age for (topic, partition), age in oldest.items()}
+        # Multiprocess mode cannot remove a label set: a partition this child no longer owns
+        # reads 0 ("none unfinished"), and the owner's age wins the max.
         for gone in self._partitions - current.keys():
-            self._oldest.remove(*gone)
+            self._oldest.labels(*gone).set(0.0)
         for labels, age in current.items():
             self._oldest.labels(*labels).set(age)
-        self._partitions = set(current)
+        self._partitions |= current.keys()
 
     def _update_counters(self, totals: dict[str, int]) -> None:
         for name, total in totals.items():
