@@ -45,8 +45,11 @@ EXPOSE 8000
 
 # Exec form, no shell and no init: the Python process is PID 1 and gets SIGTERM itself. It
 # installs its own SIGTERM/SIGINT handlers (so PID 1's "no default action" rule does not bite),
-# drains within SHUTDOWN_TIMEOUT and exits 0; it starts no child processes, so nothing needs
-# reaping. Give the runtime a stop timeout longer than SHUTDOWN_TIMEOUT (docker stop -t 40).
+# drains within SHUTDOWN_TIMEOUT and exits 0. With SERVICE_PROCESSES=N (or auto) it is the
+# supervisor: it forwards SIGTERM to its N service processes, waits for each to drain and reaps
+# them; they get SIGTERM from the kernel if it dies. Use processes for one container given
+# several CPUs, replicas for one CPU each (docs/operations.md, "Processes or replicas"). Give
+# the runtime a stop timeout longer than SHUTDOWN_TIMEOUT (docker stop -t 40).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["messaging-service"]
 CMD ["run"]

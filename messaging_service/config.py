@@ -391,6 +391,8 @@ class RuntimeSettings(BaseSettings):
     service_processes: int | Literal["auto"] = Field(default=1)
     # Stable base of each child's group.instance.id (default: the host name).
     service_instance_name: str | None = Field(default=None, min_length=1)
+    # Children join with a group.instance.id (static membership); off: ordinary dynamic members.
+    service_static_membership: bool = True
 
     @field_validator("service_processes", mode="before")
     @classmethod

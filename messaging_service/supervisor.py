@@ -172,8 +172,11 @@ class Supervisor:
             "SERVICE_PROCESSES": "1",
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": "0",
-            "KAFKA_GROUP_INSTANCE_ID": f"{self._base}-{child.index}",
         }
+        if self._settings.runtime.service_static_membership:
+            env["KAFKA_GROUP_INSTANCE_ID"] = f"{self._base}-{child.index}"
+        else:
+            env.pop("KAFKA_GROUP_INSTANCE_ID", None)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "messaging_service", "run", env=env, process_group=0
         )

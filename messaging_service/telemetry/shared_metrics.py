@@ -16,12 +16,15 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from messaging_service.telemetry.metrics import LiveState
+
+log = structlog.get_logger(__name__)
 
 _PREFIX = "email_"
 _SUMS = (
@@ -126,10 +129,16 @@ class LiveMirror:
         """Copy the live state every ``interval`` seconds, and once more when cancelled."""
         try:
             while True:
-                self.update()
+                self._update_logged()
                 await asyncio.sleep(interval)
         finally:
+            self._update_logged()
+
+    def _update_logged(self) -> None:
+        try:
             self.update()
+        except Exception:  # a bug: the copy must go on, the service too
+            log.exception("metrics_copy_failed")
 
 
 def aggregate_registry(metrics_dir: Path, *extra: Collector) -> CollectorRegistry:
