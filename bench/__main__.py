@@ -44,6 +44,8 @@ class Plan:
     """Quick mode: emails per latency-bound point by worker count, not sized by time."""
     failure_workers: tuple[int, ...] = ()
     """The transient-failure pairs: failure-free and failing, back to back, at these counts."""
+    process_points: tuple[tuple[str, int], ...] = ()
+    """(target kind, workers per process): one process, then two, back to back."""
 
 
 QUICK = Plan(
@@ -55,7 +57,9 @@ QUICK = Plan(
     max_count=500,
     fixed_counts={1: 60, 10: 200},
     failure_workers=(10,),
+    process_points=(("zero", 50),),
 )
+FULL_PROCESS_POINTS = (("zero", 100), ("latency", 100), ("latency", 200))
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -102,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.05,
         help="share of messages the relay refuses once with 451 in the failing runs",
+    )
+    parser.add_argument(
+        "--no-process-points",
+        dest="process_points",
+        action="store_false",
+        help="leave out the --processes 2 points (zero latency 100 workers, 50 ms 100 and 200)",
     )
     parser.add_argument("--seconds", type=float, default=12, help="aimed length of each point")
     parser.add_argument("--zero-count", type=int, default=15_000)
@@ -190,7 +200,12 @@ async def _sweep(ctx: Context, args: argparse.Namespace, machine: report.Machine
     zero = Target("zero")
     points: list[Point] = []
     failing = Target("latency", args.delay, args.jitter, fail_share=args.failure_share)
-    total = 2 * (len(plan.zero_workers) + len(plan.workers) + len(plan.failure_workers))
+    total = 2 * (
+        len(plan.zero_workers)
+        + len(plan.workers)
+        + len(plan.failure_workers)
+        + len(plan.process_points)
+    )
     numbers = steps(total)
     began = time.monotonic()
 
@@ -252,6 +267,31 @@ async def _sweep(ctx: Context, args: argparse.Namespace, machine: report.Machine
                     series="failures",
                 ),
             )
+    for kind, workers in plan.process_points:
+        # One process, then two with the same workers each, back to back on the same backlog size.
+        target = zero if kind == "zero" else latency
+        if kind == "zero":
+            count = plan.zero_count
+        elif plan.fixed_counts is not None:
+            count = 2 * plan.fixed_counts.get(workers, plan.min_count)
+        else:
+            expected = min(2 * workers / args.delay, 2.2 * _ceiling(points, "service"))
+            count = max(plan.min_count, min(plan.max_count, int(expected * plan.seconds)))
+        for processes in (1, 2):
+            await step(
+                f"service, {target.label}, {processes} process(es) x {workers} workers, "
+                f"{count:,} emails",
+                functools.partial(
+                    measure_service,
+                    ctx,
+                    target,
+                    workers=workers,
+                    count=count,
+                    limit=_time_limit(count, 200),
+                    series="processes",
+                    processes=processes,
+                ),
+            )
     finished = machine.finished()
     mode = "quick" if args.quick else "full"
     details = (
@@ -287,6 +327,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         min_count=200,
         max_count=40_000,
         failure_workers=args.failure_workers,
+        process_points=FULL_PROCESS_POINTS if args.process_points else (),
     )
 
 

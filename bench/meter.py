@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -33,6 +34,31 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the service processes under ``run --processes``)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and its live children (None once ``pid`` is gone)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(child) or 0.0 for child in children(pid))
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle (nor waiting for I/O) since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
 def memory(pid: int) -> tuple[int, int] | None:
     """(current RSS, peak RSS) of ``pid`` in bytes from VmRSS and VmHWM; None once it is gone."""
     try:
@@ -53,19 +79,25 @@ class ProcessMeter:
     The peak RSS is the kernel's high-water mark (VmHWM), not the largest sample.
     """
 
-    def __init__(self, pid: int, *, interval: float = 0.1) -> None:
+    def __init__(self, pid: int, *, interval: float = 0.1, tree: bool = False) -> None:
         self.pid = pid
+        self._tree = tree
         self._interval = interval
         self.samples: list[Sample] = []
         self.peak_rss = 0
 
     def sample(self) -> Sample | None:
-        cpu = cpu_seconds(self.pid)
+        cpu = tree_cpu_seconds(self.pid) if self._tree else cpu_seconds(self.pid)
         mem = memory(self.pid)
         if cpu is None or mem is None:
             return None
-        reading = Sample(at=time.time(), cpu=cpu, rss=mem[0])
-        self.peak_rss = max(self.peak_rss, mem[1])
+        rss, peak = mem
+        if self._tree:  # the sum of each process's own high-water mark
+            for child in children(self.pid):
+                child_rss, child_peak = memory(child) or (0, 0)
+                rss, peak = rss + child_rss, peak + child_peak
+        reading = Sample(at=time.time(), cpu=cpu, rss=rss)
+        self.peak_rss = max(self.peak_rss, peak)
         self.samples.append(reading)
         return reading
 
@@ -94,3 +126,15 @@ class ProcessMeter:
 
     def cpu_between(self, start: float, end: float) -> float:
         return max(self.cpu_at(end) - self.cpu_at(start), 0.0)
+
+
+class MachineMeter(ProcessMeter):
+    """The whole machine's busy CPU seconds (every process), sampled the same way."""
+
+    def __init__(self, *, interval: float = 0.1) -> None:
+        super().__init__(0, interval=interval)
+
+    def sample(self) -> Sample | None:
+        reading = Sample(at=time.time(), cpu=machine_busy_seconds(), rss=0)
+        self.samples.append(reading)
+        return reading

@@ -170,7 +170,7 @@ def results_markdown(
                 f"| {_latency(svc)} | {_num(_rss(svc))} |"
             )
         lines.append("")
-    zero = sorted({p.workers for p in points if p.target == "zero"})
+    zero = sorted({p.workers for p in points if p.target == "zero" and p.series == "sweep"})
     if zero:
         lines += [
             "**Zero-latency relay** (Postfix's smtp-sink; the sender is the bottleneck):",
@@ -193,6 +193,7 @@ def results_markdown(
         lines.append("")
     lines += _cpu_breakdown(points)
     lines += _failures(points, latency)
+    lines += _processes(points, latency)
     problems = [
         f"- {p.program}, {p.target}, {p.workers} workers: {problem}"
         for p in points
@@ -235,7 +236,9 @@ def _percent(a: float | None, b: float | None) -> str:
 
 
 def _cpu_breakdown(points: Sequence[Point]) -> list[str]:
-    rows = [p for p in points if p.program == "service" and p.target == "zero"]
+    rows = [
+        p for p in points if p.program == "service" and p.target == "zero" and p.series == "sweep"
+    ]
     if not rows:
         return []
     lines = [
@@ -252,6 +255,44 @@ def _cpu_breakdown(points: Sequence[Point]) -> list[str]:
             f"| {point.workers} | {point.cpu_ms_per_email:.2f} "
             f"| {_num(point.broker_cpu_ms_per_email, 2)} "
             f"| {point.sink_cpu_ms_per_email:.2f} | {_num(ceiling)} |"
+        )
+    return [*lines, ""]
+
+
+def _processes(points: Sequence[Point], latency: Target) -> list[str]:
+    rows = [p for p in points if p.series == "processes"]
+    if not rows:
+        return []
+    lines = [
+        "**Several processes** (`run --processes 2`: a supervisor and two service processes in "
+        "one group, each with the workers shown; one process, then two, back to back; CPU per "
+        "email of the service is all its processes together; busy cores: the whole machine, "
+        f"every process on it, of {os.cpu_count()}):",
+        "",
+        "| relay | workers per process | processes | service/s | ÷ one process | of ideal "
+        "| service CPU ms/email | smtp-sink / broker CPU ms/email | busy cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for point in rows:
+        single = next(
+            (
+                p
+                for p in rows
+                if (p.target, p.workers, p.processes) == (point.target, point.workers, 1)
+            ),
+            None,
+        )
+        ideal = (
+            latency.ideal(point.workers * point.processes) if point.target == "latency" else None
+        )
+        relay = "zero latency" if point.target == "zero" else f"{latency.delay * 1000:g} ms"
+        lines.append(
+            f"| {relay} | {point.workers} | {point.processes} | {_num(point.throughput)} "
+            f"| {_ratio(point.throughput, _rate(single))} "
+            f"| {_percent(point.throughput, ideal)} "
+            f"| {point.cpu_ms_per_email:.2f} "
+            f"| {point.sink_cpu_ms_per_email:.2f} / {_num(point.broker_cpu_ms_per_email, 2)} "
+            f"| {_num(point.busy_cores, 2)} |"
         )
     return [*lines, ""]
 

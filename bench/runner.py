@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.meter import ProcessMeter
+from bench.meter import MachineMeter, ProcessMeter
 from bench.service import ServiceConfig, ServiceProcess, metric
 from bench.sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
 from bench.tools import REPO
@@ -99,6 +99,10 @@ class Point:
     """Retries the service scheduled (``email_retries_total``), backlog and paced phase."""
     variant: str = ""
     """The content variant ("content" series): attachment, DKIM; empty for the sweep."""
+    processes: int = 1
+    """Service processes under one supervisor (``--processes``); CPU and RSS are their sum."""
+    busy_cores: float | None = None
+    """Cores of the machine busy (every process, not only these) inside the window."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -148,9 +152,18 @@ def percentile(values: list[float], share: float) -> float:
 
 
 @contextlib.asynccontextmanager
-async def metered(*pids: int | None) -> AsyncIterator[list[ProcessMeter | None]]:
-    """Sample each process (None: skip) every 0.1 s while the block runs."""
-    meters = [ProcessMeter(pid) if pid is not None else None for pid in pids]
+async def metered(
+    *pids: int | None, tree: bool = False
+) -> AsyncIterator[list[ProcessMeter | None]]:
+    """Sample each process (None: skip) every 0.1 s while the block runs.
+
+    ``tree``: the first process's children count as part of it (the supervisor's service
+    processes).
+    """
+    meters = [
+        ProcessMeter(pid, tree=tree and i == 0) if pid is not None else None
+        for i, pid in enumerate(pids)
+    ]
     tasks = [asyncio.create_task(m.run()) for m in meters if m is not None]
     try:
         yield meters
@@ -231,6 +244,7 @@ async def measure_service(
     limit: float,
     series: str = "sweep",
     variant: Variant = PLAIN_CONTENT,
+    processes: int = 1,
 ) -> Point:
     """Backlog first, then the service: throughput and CPU; then a paced phase for latency."""
     run_id = _run_id(f"svc{workers}")
@@ -259,10 +273,13 @@ async def measure_service(
             workers=workers,
             log_level=ctx.log_level,
             extra_env=variant.env,
+            processes=processes,
         )
         service = ServiceProcess(config, ctx.work_dir)
-        async with metered(service.pid, sink.pid, ctx.broker_pid) as meters:
+        machine = MachineMeter()
+        async with metered(service.pid, sink.pid, ctx.broker_pid, tree=processes > 1) as meters:
             own, sink_meter, broker_meter = meters
+            machine_task = asyncio.create_task(machine.run())
             await wait_for_count(sink, count, limit=limit, alive=service.check_alive)
             backlog = sink.acceptances()
             win = window([a.at for a in backlog])
@@ -283,6 +300,9 @@ async def measure_service(
             own.sample()
             samples = await asyncio.to_thread(service.metrics)
             paced = sink.acceptances(ids_since=paced_from - 1)
+            machine_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await machine_task
         wall = time.monotonic() - began
         code = service.stop()
     finally:
@@ -306,6 +326,8 @@ async def measure_service(
         fail_share=target.fail_share,
         retries=int(metric(samples, "email_retries_total")),
         variant=variant.name,
+        processes=processes,
+        busy_cores=machine.cpu_between(win.start, win.end) / win.seconds if win.seconds else None,
     )
     if latencies:
         point.p50_ms = percentile(latencies, 0.50) * 1000

@@ -29,6 +29,8 @@ class ServiceConfig:
     smtp_port: int
     workers: int
     log_level: str = "INFO"
+    processes: int = 1
+    """``SERVICE_PROCESSES``: a supervisor with that many service processes when above 1."""
     extra_env: tuple[tuple[str, str], ...] = ()
     """More settings as environment variables, e.g. (("EMAIL_RETRY_DELAYS", "3"),), or the
     DKIM_* settings of the content variants."""
@@ -56,6 +58,9 @@ def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
             "HTTP_PORT": str(http_port),
             "LOG_LEVEL": config.log_level,
             "LOG_FORMAT": "json",
+            "SERVICE_PROCESSES": str(config.processes),
+            # Tansu does not honour group.instance.id (docs/operations.md).
+            "SERVICE_STATIC_MEMBERSHIP": "false",
             **dict(config.extra_env),
         }
     )
@@ -67,7 +72,9 @@ class ServiceProcess:
 
     def __init__(self, config: ServiceConfig, work_dir: Path) -> None:
         self.http_port = free_port()
-        self.log_path = work_dir / f"service-{config.workers}w-{time.monotonic_ns()}.log"
+        self.log_path = (
+            work_dir / f"service-{config.workers}w{config.processes}p-{time.monotonic_ns()}.log"
+        )
         with self.log_path.open("ab") as log:
             # The run's folder as working directory: no developer's .env is picked up.
             self._process = subprocess.Popen(
