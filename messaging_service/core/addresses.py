@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import (
+    CASE_INSENSITIVE_MAILBOX_NAMES,
+    DOT_ATOM_TEXT,
+    EMAIL_MAX_LENGTH,
+    LOCAL_PART_MAX_LENGTH,
+)
 
 _FORBIDDEN = {"\r": "a carriage return", "\n": "a line feed", "\x00": "a NUL character"}
 
@@ -38,11 +45,47 @@ def parse_address(value: str, *, allow_special_use: bool = False) -> Address:
         text = text[cut + 1 : -1].strip()
     if allow_special_use:
         return Address(addr_spec=_check_loose(text), display_name=display)
+    fast = _plain_address(text)
+    if fast is not None:
+        return Address(addr_spec=fast, display_name=display)
     try:
         checked = validate_email(text, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(f"{text!r} is not a valid address: {exc}") from exc
     return Address(addr_spec=checked.ascii_email or checked.normalized, display_name=display)
+
+
+def _plain_address(text: str) -> str | None:
+    """``validate_email``'s answer for the common case, or None to ask it.
+
+    A plain ASCII dot-atom local part is valid as it is (email_validator returns it unchanged),
+    so all that varies is the domain: it is checked once through email_validator itself and its
+    normalised form remembered. Anything else (quoted or non-ASCII local parts, mailbox names
+    it lower-cases, lengths near the limits, a domain it refuses) takes the full path.
+    """
+    local, at, domain = text.rpartition("@")
+    if (
+        not at
+        or len(local) > LOCAL_PART_MAX_LENGTH
+        or DOT_ATOM_TEXT.match(local) is None
+        or local.lower() in CASE_INSENSITIVE_MAILBOX_NAMES
+    ):
+        return None
+    ascii_domain = _checked_domain(domain)
+    if ascii_domain is None or len(text) > EMAIL_MAX_LENGTH:
+        return None
+    address = f"{local}@{ascii_domain}"
+    return address if len(address) <= EMAIL_MAX_LENGTH else None
+
+
+# A pure function of its argument: remembering recent domains changes nothing but the time.
+@functools.lru_cache(maxsize=1024)
+def _checked_domain(domain: str) -> str | None:
+    try:
+        checked = validate_email(f"a@{domain}", check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError:
+        return None
+    return checked.ascii_domain
 
 
 def _check_loose(text: str) -> str:
