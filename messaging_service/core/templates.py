@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import functools
 import math
 import re
 import time
@@ -253,27 +252,12 @@ def money(value: Any) -> str:
     """A price with two decimals and thousands separators; anything else is shown as given."""
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         return str(value)
-    text = str(value)
-    return _remembered_money(text) if len(text) <= _MAX_REMEMBERED else _money_text(text)
-
-
-# Pure: the same text always gives the same answer, and prices repeat (the Decimal work is
-# most of a template's filter time). Only short texts, so the memory stays small.
-_MAX_REMEMBERED = 40
-
-
-@functools.lru_cache(maxsize=4096)
-def _remembered_money(text: str) -> str:
-    return _money_text(text)
-
-
-def _money_text(text: str) -> str:
     try:
-        amount = Decimal(text.strip())
+        amount = Decimal(str(value).strip())
     except InvalidOperation:
-        return text
+        return str(value)
     if not amount.is_finite() or amount.adjusted() > _MAX_PRICE_DIGITS:
-        return text
+        return str(value)
     return f"{amount:,.2f}"
 
 
