@@ -1,1 +1,1 @@
-"""The pure core: the request contract, values, decisions and rendering; no I/O, no clock of its own."""
+"""The pure core: the request contract, values, decisions and rendering; no I/O."""
