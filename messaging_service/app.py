@@ -13,10 +13,12 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
+from .addresses import parse_address
 from .circuit import CircuitBreaker
 from .config import DedupSettings, Settings
 from .consumer import KafkaRequestConsumer
 from .dlq import KafkaDeadLetterSink
+from .event_sink import KafkaEventSink
 from .handler import RequestHandler
 from .health import Health
 from .http import HttpServer, build_app
@@ -29,10 +31,14 @@ from .pipeline import Pipeline, PipelineSettings
 from .pool import WorkerPool
 from .ratelimit import SendRateLimiter
 from .redis_sentlog import RedisSentLog
+from .redis_suppression import RedisSuppressionStore
 from .relay import Relay
+from .reporter import EventReporter
 from .retry import RetryPolicy
 from .sentlog import MemorySentLog, SentLog
 from .smtp import SmtpSender
+from .suppression import MemorySuppressionStore, SuppressionStore
+from .suppressor import Suppressor
 from .templates import TemplateRenderer
 from .throttle import AdaptiveRate
 from .watchdog import Watchdog
@@ -108,6 +114,9 @@ async def run_service(
             limits=_limits(settings),
             allowed_domains=email.allowed_domains,
             sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
+            events=await _events(stack, settings, metrics, health),
+            suppressor=await _suppressor(stack, settings, metrics),
+            sender_domain=parse_address(email.sender, allow_special_use=True).domain,
         )
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
@@ -201,9 +210,17 @@ def _log_started(settings: Settings, http_port: int) -> None:
         group=settings.kafka.group_id,
         workers=settings.email.worker_count,
         dedup="memory" if settings.dedup.redis_url is None else "redis",
+        events=settings.kafka.events_topic or "off",
+        suppression=_suppression_store_name(settings),
         http_port=http_port,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
+
+
+def _suppression_store_name(settings: Settings) -> str:
+    if not settings.email.suppression:
+        return "off"
+    return "memory" if settings.dedup.redis_url is None else "redis"
 
 
 @contextlib.asynccontextmanager
@@ -214,6 +231,33 @@ async def _sent_log(settings: DedupSettings) -> AsyncIterator[SentLog]:
         return
     async with RedisSentLog(settings) as store:
         yield store
+
+
+async def _events(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics, health: Health
+) -> EventReporter | None:
+    """Outcome events to KAFKA_EVENTS_TOPIC, or None when it is empty (events off)."""
+    if not settings.kafka.events_enabled:
+        return None
+    sink = await stack.enter_async_context(KafkaEventSink(settings.kafka))
+    return EventReporter(sink, metrics=metrics, health=health)
+
+
+async def _suppressor(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics
+) -> Suppressor | None:
+    """The suppression list (None with EMAIL_SUPPRESSION=off): Redis if configured, else memory."""
+    email = settings.email
+    if not email.suppression:
+        return None
+    store: SuppressionStore
+    if settings.dedup.redis_url is None:
+        store = MemorySuppressionStore(max_entries=email.suppression_max_entries)
+    else:
+        store = await stack.enter_async_context(
+            RedisSuppressionStore(settings.dedup, key_prefix=email.suppression_key_prefix)
+        )
+    return Suppressor(store, ttl=email.suppression_ttl, metrics=metrics)
 
 
 def _log_panic(error: BaseException) -> None:

@@ -79,6 +79,8 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = "localhost:9092"
     topic: str = Field(default="email.requests", min_length=1)
     dlq_topic: str = Field(default="email.requests.dlq", min_length=1)
+    # Outcome events (sent, deferred, failed, duplicate, suppressed); empty turns them off.
+    events_topic: str = "email.events"
     group_id: str = Field(default="messaging-service", min_length=1)
     auto_offset_reset: OffsetReset = OffsetReset.EARLIEST
     security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT
@@ -116,6 +118,15 @@ class KafkaSettings(BaseSettings):
     # How long the broker may hold a fetch waiting for data: bounds the latency of a request
     # that arrives on an idle topic (aiokafka's default is 500 ms).
     fetch_max_wait_ms: int = Field(default=100, ge=0)
+
+    @field_validator("events_topic")
+    @classmethod
+    def _events_topic_trimmed(cls, value: str) -> str:
+        return value.strip()
+
+    @property
+    def events_enabled(self) -> bool:
+        return bool(self.events_topic)
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -197,6 +208,13 @@ class EmailSettings(BaseSettings):
     # Recipient domains a request may address (to, cc, bcc); empty: any. "example.com" also
     # admits its subdomains ("eu.example.com"), never look-alikes ("badexample.com").
     allowed_domains: Annotated[tuple[str, ...], NoDecode] = ()
+    # The suppression list: recipients the relay refused as non-existent (hard bounces at RCPT)
+    # are not mailed again for suppression_ttl seconds (0: until removed). Kept in the Redis of
+    # DEDUP_REDIS_URL when one is set (shared by every replica), else in memory (bounded).
+    suppression: bool = True
+    suppression_ttl: int = Field(default=30 * 86_400, ge=0)
+    suppression_max_entries: int = Field(default=100_000, ge=1)
+    suppression_key_prefix: str = Field(default="messaging-service:suppressed:", min_length=1)
 
     @field_validator("allowed_domains", mode="before")
     @classmethod

@@ -8,8 +8,9 @@ the caller holds the delivery until the circuit closes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -20,10 +21,19 @@ from .errors import (
     RecipientNotAllowedError,
     SentLogUnavailableError,
     ServiceError,
+    SmtpError,
     SmtpRejectedError,
     SmtpTransientError,
     SmtpUnavailableError,
     TemplateError,
+)
+from .events import (
+    EventType,
+    OutcomeEvent,
+    RecipientResult,
+    RecipientStatus,
+    SmtpReply,
+    request_facts,
 )
 from .health import Health
 from .metrics import Metrics
@@ -31,10 +41,12 @@ from .mime import MessageBuilder
 from .models import (
     DeadLetter,
     DeadLetterSink,
+    EmailRequest,
     FailureReason,
     InboundRecord,
     Outcome,
     OutgoingEmail,
+    RecipientRefusal,
     RequestLimits,
     Sender,
     check_recipient_domains,
@@ -43,8 +55,11 @@ from .models import (
 )
 from .ratelimit import SendRateLimiter
 from .relay import Relay
+from .reporter import EventReporter
 from .retry import Backoff, RetryPolicy
 from .sentlog import SentLog
+from .suppression import normalise_address
+from .suppressor import Suppressor
 from .templates import TemplateRenderer
 from .throttle import is_throttling
 
@@ -64,6 +79,13 @@ class Delivery:
     unexpected_failures: int = 0
     refusal: tuple[FailureReason, Exception] | None = None
     """Why preparing it failed (it is dead-lettered by its next step), if it did."""
+    request: EmailRequest | None = None
+    suppressed: frozenset[str] = frozenset()
+    """Recipients dropped from the last attempt because they are on the suppression list."""
+    final_event: OutcomeEvent | None = None
+    """Its outcome is decided; it is finished once the broker acknowledged this event."""
+    outcome: Outcome | None = None
+    event_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +126,9 @@ class RequestHandler:
         clock: Callable[[], float] = time.time,
         limits: RequestLimits | None = None,
         allowed_domains: tuple[str, ...] = (),
+        events: EventReporter | None = None,
+        suppressor: Suppressor | None = None,
+        sender_domain: str = "localhost",
     ) -> None:
         self._renderer = renderer
         self._builder = builder
@@ -119,6 +144,9 @@ class RequestHandler:
         self._clock = clock
         self._limits = limits or RequestLimits()
         self._allowed_domains = allowed_domains
+        self._events = events
+        self._suppressor = suppressor
+        self._sender_domain = sender_domain
 
     def prepare(self, delivery: Delivery) -> None:
         """Parse, check and render the request into wire bytes, once; no I/O, never awaits.
@@ -140,7 +168,9 @@ class RequestHandler:
             delivery.refusal = (FailureReason.TEMPLATE_ERROR, exc)
 
     async def process(self, delivery: Delivery) -> Step:
-        """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
+        """Run the next step: first attempt, a retry, or a dead-letter or event publish."""
+        if delivery.final_event is not None:
+            return await self._report(delivery)
         if delivery.dead_letter is not None:
             return await self._publish(delivery)
         if delivery.email is None and delivery.refusal is None:
@@ -160,6 +190,8 @@ class RequestHandler:
         """
         self._metrics.unexpected_errors.inc()
         log.error("unexpected_error", exc_info=error, attempt=delivery.attempts)
+        if delivery.final_event is not None:
+            return await self._report(delivery)
         if delivery.dead_letter is not None:
             return await self._publish(delivery)
         delivery.unexpected_failures += 1
@@ -178,15 +210,25 @@ class RequestHandler:
             delivery.email_id = guess_request_id(value) if small else None
             raise
         delivery.email_id = request.id
+        delivery.request = request  # for the outcome events
         check_recipient_domains(request, self._allowed_domains)
         return self._builder.build(request, self._renderer.render(request))
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
         if await self._already_sent(email.email_id):
             self._metrics.duplicates_skipped.inc()
-            self._finish(delivery, Outcome.DUPLICATE)
             log.info("email_duplicate_skipped", attempts=delivery.attempts)
-            return Finished(Outcome.DUPLICATE)
+            return await self._conclude(
+                delivery, Outcome.DUPLICATE, self._recipients(delivery, RecipientStatus.NOT_SENT)
+            )
+        remaining = await self._without_suppressed(delivery, email)
+        if remaining is None:
+            self._metrics.suppressed.inc()
+            log.info("email_suppressed", recipients=len(delivery.suppressed))
+            return await self._conclude(
+                delivery, Outcome.SUPPRESSED, self._recipients(delivery, RecipientStatus.FAILED)
+            )
+        email = remaining
         relay = self._relay
         if relay.circuit_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
@@ -202,6 +244,7 @@ class RequestHandler:
         except SmtpRejectedError as exc:
             self._observe_attempt(started, "rejected")
             self._relay_answered()
+            await self._hard_bounced(exc.refusals)
             return await self._dead_letter(
                 delivery, FailureReason.SMTP_REJECTED, exc, code=exc.code
             )
@@ -215,6 +258,7 @@ class RequestHandler:
             return await self._transient(delivery, exc)
         except SmtpTransientError as exc:
             self._observe_attempt(started, "transient")
+            await self._hard_bounced(exc.refusals)
             if exc.code is None:
                 relay.unreachable(counts=False)
             else:
@@ -233,12 +277,16 @@ class RequestHandler:
                 smtp_message=refusal.message,
             )
         self._metrics.sent.inc()
-        self._finish(delivery, Outcome.SENT)
         log.info("email_sent", attempt=delivery.attempts, recipients=len(email.recipients))
         # Still "right after the 250": nothing above yields to the event loop. Counting first
         # keeps email_sent_total from lagging behind the relay by a store round trip.
         await self._remember(email.email_id)
-        return Finished(Outcome.SENT)
+        await self._hard_bounced(report.refused)
+        return await self._conclude(
+            delivery,
+            Outcome.SENT,
+            self._recipients(delivery, RecipientStatus.ACCEPTED, report.refused),
+        )
 
     def _relay_answered(self) -> None:
         self._relay.answered()
@@ -294,6 +342,10 @@ class RequestHandler:
             smtp_code=exc.code,
             error=str(exc),
         )
+        if self._events is not None:
+            recipients = self._recipients(delivery, RecipientStatus.DEFERRED, exc.refusals)
+            event = self._event(delivery, EventType.DEFERRED, recipients, error=exc)
+            await self._events.deferred(dataclasses.replace(event, retry_in=delay))
         return RetryIn(delay)
 
     async def _dead_letter(
@@ -334,7 +386,6 @@ class RequestHandler:
             return RetryIn(delay)
         self._health.dead_letter_sink_ok = True
         self._metrics.dead_letters.labels(letter.reason.value).inc()
-        self._finish(delivery, Outcome.DEAD_LETTERED)
         log.warning(
             "email_dead_lettered",
             reason=letter.reason.value,
@@ -343,7 +394,122 @@ class RequestHandler:
             error=_short(letter.error),
             error_type=type(letter.error).__name__,
         )
-        return Finished(Outcome.DEAD_LETTERED)
+        refusals = letter.error.refusals if isinstance(letter.error, SmtpError) else ()
+        return await self._conclude(
+            delivery,
+            Outcome.DEAD_LETTERED,
+            self._recipients(delivery, RecipientStatus.FAILED, refusals),
+        )
+
+    # Outcome events and the suppression list
+
+    async def _conclude(
+        self, delivery: Delivery, outcome: Outcome, recipients: list[RecipientResult]
+    ) -> Step:
+        """The outcome is decided: publish its final event (if events are on), then finish."""
+        if self._events is None:
+            return self._finished(delivery, outcome)
+        delivery.outcome = outcome
+        delivery.final_event = self._event(delivery, _EVENT_TYPES[outcome], recipients)
+        return await self._report(delivery)
+
+    async def _report(self, delivery: Delivery) -> Step:
+        event, outcome = delivery.final_event, delivery.outcome
+        assert event is not None
+        assert outcome is not None
+        assert self._events is not None
+        delay = await self._events.final(event, failures=delivery.event_failures)
+        if delay is not None:
+            delivery.event_failures += 1
+            return RetryIn(delay)
+        return self._finished(delivery, outcome)
+
+    def _finished(self, delivery: Delivery, outcome: Outcome) -> Step:
+        self._finish(delivery, outcome)
+        return Finished(outcome)
+
+    def _event(
+        self,
+        delivery: Delivery,
+        type_: EventType,
+        recipients: list[RecipientResult],
+        *,
+        error: Exception | None = None,
+    ) -> OutcomeEvent:
+        letter = delivery.dead_letter
+        if error is None and letter is not None:
+            error = letter.error
+        smtp = None
+        if isinstance(error, SmtpError) and error.code is not None:
+            smtp = SmtpReply(code=error.code, response=error.reply)
+        reason = {
+            EventType.FAILED: letter.reason.value if letter is not None else None,
+            EventType.DEFERRED: "smtp_transient",
+            EventType.DUPLICATE: "already_sent",
+            EventType.SUPPRESSED: "suppressed",
+        }.get(type_)
+        return OutcomeEvent(
+            type=type_,
+            record=delivery.record,
+            facts=request_facts(
+                delivery.request, request_id=delivery.email_id, domain=self._sender_domain
+            ),
+            time=self._clock(),
+            attempt=delivery.attempts,
+            recipients=recipients,
+            permanent={EventType.FAILED: True, EventType.DEFERRED: False}.get(type_),
+            reason=reason,
+            smtp=smtp,
+        )
+
+    def _recipients(
+        self,
+        delivery: Delivery,
+        status: RecipientStatus,
+        refusals: Sequence[RecipientRefusal] = (),
+    ) -> list[RecipientResult]:
+        """Each envelope recipient with ``status``, unless suppressed or refused at RCPT."""
+        request = delivery.request
+        if request is None:
+            return []
+        refused = {normalise_address(r.recipient): r for r in refusals}
+        results = []
+        for address in request.envelope_recipients:
+            key = normalise_address(address)
+            refusal = refused.get(key)
+            if key in delivery.suppressed:
+                results.append(RecipientResult(address, RecipientStatus.SUPPRESSED))
+            elif refusal is not None:
+                permanent = 500 <= refusal.code < 600
+                results.append(
+                    RecipientResult(
+                        address,
+                        RecipientStatus.REFUSED if permanent else status,
+                        SmtpReply(code=refusal.code, response=refusal.message),
+                    )
+                )
+            else:
+                results.append(RecipientResult(address, status))
+        return results
+
+    async def _without_suppressed(
+        self, delivery: Delivery, email: OutgoingEmail
+    ) -> OutgoingEmail | None:
+        """``email`` without its suppressed recipients; None when every one is suppressed."""
+        if self._suppressor is None:
+            return email
+        found = await self._suppressor.suppressed(email.recipients)
+        delivery.suppressed = frozenset(normalise_address(address) for address in found)
+        if not found:
+            return email
+        remaining = [address for address in email.recipients if address not in found]
+        if not remaining:
+            return None
+        return dataclasses.replace(email, recipients=remaining)
+
+    async def _hard_bounced(self, refusals: Sequence[RecipientRefusal]) -> None:
+        if self._suppressor is not None and refusals:
+            await self._suppressor.hard_bounced(refusals)
 
     def _observe_attempt(self, started: float, error_kind: str | None) -> None:
         self._metrics.send_duration.observe(time.perf_counter() - started)
@@ -355,6 +521,14 @@ class RequestHandler:
         if timestamp_ms is not None and timestamp_ms > 0:
             elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)
             self._metrics.end_to_end.labels(outcome.value).observe(elapsed)
+
+
+_EVENT_TYPES = {
+    Outcome.SENT: EventType.SENT,
+    Outcome.DEAD_LETTERED: EventType.FAILED,
+    Outcome.DUPLICATE: EventType.DUPLICATE,
+    Outcome.SUPPRESSED: EventType.SUPPRESSED,
+}
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

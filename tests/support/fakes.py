@@ -6,7 +6,12 @@ import asyncio
 from collections import deque
 from collections.abc import Mapping
 
-from messaging_service.errors import DeadLetterUnavailableError, SentLogUnavailableError
+from messaging_service.errors import (
+    DeadLetterUnavailableError,
+    EventsUnavailableError,
+    SentLogUnavailableError,
+)
+from messaging_service.events import OutcomeEvent
 from messaging_service.models import DeadLetter, InboundRecord, OutgoingEmail, SendReport
 from messaging_service.offsets import TopicPartition
 
@@ -143,3 +148,17 @@ def record(
         value=value,
         headers=(("trace", b"abc"),),
     )
+
+
+class FakeEvents:
+    """Records outcome events; fails the first ``failures`` publishes as the broker would."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.published: list[OutcomeEvent] = []
+
+    async def publish(self, event: OutcomeEvent) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise EventsUnavailableError("events topic unavailable")
+        self.published.append(event)
