@@ -28,6 +28,13 @@ from .models import guess_request_id, parse_request
 from .preview import format_rendered, render_template, write_rendered
 from .publish import Published, build_request, encode_request, new_request_id, publish_one
 from .replay import ReplayOptions, list_dead_letters, replay
+from .suppression_admin import (
+    MemoryStoreError,
+    add_suppression,
+    describe_suppression,
+    list_suppressions,
+    remove_suppression,
+)
 
 T = TypeVar("T")
 
@@ -364,6 +371,57 @@ def dlq_replay(
         f"(skipped: {result.filtered_out} of other reasons, "
         f"{result.already_replayed} already replayed)"
     )
+
+
+@main.group()
+def suppression() -> None:
+    """The suppression list shared in Redis (DEDUP_REDIS_URL): list, add or remove addresses.
+
+    Uses the same settings as `run`. With the in-memory list (no DEDUP_REDIS_URL) a separate
+    process cannot see it, so these commands exit 2.
+    """
+
+
+@suppression.command("list")
+def suppression_list() -> None:
+    """Print every suppressed address with its reason, code, reply and expiry."""
+    settings = _settings_or_exit()
+    entries = _suppression_call(settings, list_suppressions(settings))
+    for entry in entries:
+        click.echo(describe_suppression(entry))
+    click.echo(f"{len(entries)} suppressed addresses")
+
+
+@suppression.command("add")
+@click.argument("address")
+@click.option("--reason", default="manual", show_default=True, help="Why it is suppressed.")
+def suppression_add(address: str, reason: str) -> None:
+    """Suppress ADDRESS (for EMAIL_SUPPRESSION_TTL seconds; 0: until removed)."""
+    settings = _settings_or_exit()
+    try:
+        entry = _suppression_call(settings, add_suppression(settings, address, reason=reason))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    click.echo(f"suppressed {describe_suppression(entry)}")
+
+
+@suppression.command("remove")
+@click.argument("address")
+def suppression_remove(address: str) -> None:
+    """Take ADDRESS off the list, so it is mailed again. Exit 1 if it was not on it."""
+    settings = _settings_or_exit()
+    if not _suppression_call(settings, remove_suppression(settings, address)):
+        raise CommandFailed(f"{address} is not on the suppression list")
+    click.echo(f"removed {address} from the suppression list")
+
+
+def _suppression_call(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(work)
+    except MemoryStoreError as exc:
+        raise BadInput(str(exc)) from exc
+    except ServiceError as exc:
+        raise CommandFailed(str(exc)) from exc
 
 
 def _group(settings: Settings, group: str | None) -> str:

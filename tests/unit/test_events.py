@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from messaging_service.events import (
     EventType,
     OutcomeEvent,
@@ -15,6 +17,7 @@ from messaging_service.events import (
     event_value,
     rfc3339,
 )
+from support.events import check_value
 from support.fakes import record
 
 FACTS = RequestFacts(request_id="r-1", message_id="<abc@example.com>", template="welcome")
@@ -91,3 +94,32 @@ def test_the_value_has_every_field_with_smtp_details_and_processing_time() -> No
 
 def test_rfc3339_is_utc_with_milliseconds() -> None:
     assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_events_of_every_type_match_the_published_schema() -> None:
+    reply = SmtpReply(451, "4.3.0 try later")
+    samples = [
+        event(
+            EventType.SENT, recipients=[RecipientResult("a@example.com", RecipientStatus.ACCEPTED)]
+        ),
+        event(
+            EventType.DEFERRED, permanent=False, reason="smtp_transient", smtp=reply, retry_in=1.0
+        ),
+        event(
+            EventType.FAILED,
+            attempt=0,
+            permanent=True,
+            reason="invalid_payload",
+            facts=RequestFacts(),
+        ),
+        event(EventType.DUPLICATE, reason="already_sent"),
+        event(EventType.SUPPRESSED, attempt=0, reason="suppressed"),
+    ]
+    for sample in samples:
+        check_value(event_value(sample))
+
+
+def test_the_schema_refuses_a_failed_event_that_is_not_permanent() -> None:
+    value = event_value(event(EventType.FAILED, permanent=False, reason="smtp_rejected"))
+    with pytest.raises(AssertionError, match="permanent"):
+        check_value(value)
