@@ -285,3 +285,48 @@ async def test_suppression_is_shared_through_redis_and_remove_lets_mail_through_
     assert only_final(events, "elsewhere-1").type == "email.suppressed"
     assert only_final(events, "again-1").type == "email.sent"
     assert json.loads(json.dumps(events[0].value))  # plain JSON all the way down
+
+
+async def test_an_unwritable_events_topic_keeps_the_request_pending_until_a_replica_can_write(
+    broker: Broker,
+    topics: Topics,
+    relay: SmtpTestServer,
+    events_topic: str,
+    redis: RedisServer,
+) -> None:
+    """Like a dead letter: not finished, not committed, not ready; the email is not resent."""
+    broken = with_events(
+        broker, topics, relay, "no such topic!", redis_url=redis.url, shutdown_timeout=2
+    )
+    # Bounds each failed publish (the broker holds a JoinGroup for the 2 s rebalance timeout).
+    broken = broken.model_copy(
+        update={"kafka": broken.kafka.model_copy(update={"request_timeout_ms": 4000})}
+    )
+    await produce(broker.bootstrap, topics.requests, [request_payload("pending-1")])
+    async with in_process(broken) as service:
+        await relay.wait_for_messages(1, within=30)
+        await wait_for(
+            lambda: service.metric("email_event_publish_failures_total") >= 1,
+            30,
+            message="the final event failed",
+        )
+        status, body = await service.get("/readyz")
+        assert status == 503
+        assert json.loads(body)["checks"]["events_topic_writable"] is False
+        assert await committed_total(broker, topics) == 0
+        assert service.metric("email_end_to_end_duration_seconds_count", outcome="sent") == 0
+        assert service.metric("email_sent_total") == 1
+    assert len(relay.messages) == 1
+    assert await committed_total(broker, topics) == 0
+
+    # A replica that can write the topic gets the request again: it was sent (the Redis
+    # record says so), so it ends as a duplicate, with its event, and is committed.
+    fixed = with_events(broker, topics, relay, events_topic, redis_url=redis.url)
+    async with in_process(fixed) as service:
+        await wait_committed(broker, topics, 1)
+        assert service.metric("email_duplicates_skipped_total") == 1
+        status, _ = await service.get("/readyz")
+        assert status == 200
+    assert len(relay.messages) == 1
+    events = await read_events(broker.bootstrap, events_topic, expected=1)
+    assert only_final(events, "pending-1").type == "email.duplicate"
