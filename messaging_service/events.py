@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from .errors import SmtpError
 from .mime import message_id
-from .models import EmailRequest, InboundRecord
-from .suppression import enhanced_status
+from .models import EmailRequest, InboundRecord, RecipientRefusal
+from .suppression import enhanced_status, normalise_address
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -121,6 +122,75 @@ class OutcomeEvent:
     @property
     def event_id(self) -> str:
         return event_id(self.record, self.facts.request_id, self.type, self.attempt)
+
+
+_REASONS = {
+    EventType.DEFERRED: "smtp_transient",
+    EventType.DUPLICATE: "already_sent",
+    EventType.SUPPRESSED: "suppressed",
+}
+_PERMANENT = {EventType.FAILED: True, EventType.DEFERRED: False}
+
+
+def outcome_event(
+    type_: EventType,
+    *,
+    record: InboundRecord,
+    facts: RequestFacts,
+    time: float,
+    attempt: int,
+    recipients: Sequence[RecipientResult],
+    error: Exception | None = None,
+    failure: str | None = None,
+) -> OutcomeEvent:
+    """An event with the fields its type implies; ``failure`` is a dead letter's reason."""
+    smtp = None
+    if isinstance(error, SmtpError) and error.code is not None:
+        smtp = SmtpReply(code=error.code, response=error.reply)
+    return OutcomeEvent(
+        type=type_,
+        record=record,
+        facts=facts,
+        time=time,
+        attempt=attempt,
+        recipients=recipients,
+        permanent=_PERMANENT.get(type_),
+        reason=failure if type_ is EventType.FAILED else _REASONS.get(type_),
+        smtp=smtp,
+    )
+
+
+def recipient_results(
+    addresses: Sequence[str],
+    *,
+    status: RecipientStatus,
+    suppressed: frozenset[str] = frozenset(),
+    refusals: Sequence[RecipientRefusal] = (),
+) -> list[RecipientResult]:
+    """Each address with ``status``, unless suppressed or refused at RCPT (with its reply).
+
+    ``suppressed`` holds normalised addresses. A 5xx refusal makes the recipient ``refused``;
+    a 4xx one keeps ``status`` (deferred) with the reply.
+    """
+    refused = {normalise_address(r.recipient): r for r in refusals}
+    results = []
+    for address in addresses:
+        key = normalise_address(address)
+        refusal = refused.get(key)
+        if key in suppressed:
+            results.append(RecipientResult(address, RecipientStatus.SUPPRESSED))
+        elif refusal is None:
+            results.append(RecipientResult(address, status))
+        else:
+            permanent = 500 <= refusal.code < 600
+            results.append(
+                RecipientResult(
+                    address,
+                    RecipientStatus.REFUSED if permanent else status,
+                    SmtpReply(code=refusal.code, response=refusal.message),
+                )
+            )
+    return results
 
 
 def event_id(record: InboundRecord, request_id: str | None, type_: EventType, attempt: int) -> str:

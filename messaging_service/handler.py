@@ -32,7 +32,8 @@ from .events import (
     OutcomeEvent,
     RecipientResult,
     RecipientStatus,
-    SmtpReply,
+    outcome_event,
+    recipient_results,
     request_facts,
 )
 from .health import Health
@@ -437,19 +438,8 @@ class RequestHandler:
         error: Exception | None = None,
     ) -> OutcomeEvent:
         letter = delivery.dead_letter
-        if error is None and letter is not None:
-            error = letter.error
-        smtp = None
-        if isinstance(error, SmtpError) and error.code is not None:
-            smtp = SmtpReply(code=error.code, response=error.reply)
-        reason = {
-            EventType.FAILED: letter.reason.value if letter is not None else None,
-            EventType.DEFERRED: "smtp_transient",
-            EventType.DUPLICATE: "already_sent",
-            EventType.SUPPRESSED: "suppressed",
-        }.get(type_)
-        return OutcomeEvent(
-            type=type_,
+        return outcome_event(
+            type_,
             record=delivery.record,
             facts=request_facts(
                 delivery.request, request_id=delivery.email_id, domain=self._sender_domain
@@ -457,9 +447,8 @@ class RequestHandler:
             time=self._clock(),
             attempt=delivery.attempts,
             recipients=recipients,
-            permanent={EventType.FAILED: True, EventType.DEFERRED: False}.get(type_),
-            reason=reason,
-            smtp=smtp,
+            error=error if error is not None or letter is None else letter.error,
+            failure=None if letter is None else letter.reason.value,
         )
 
     def _recipients(
@@ -468,29 +457,13 @@ class RequestHandler:
         status: RecipientStatus,
         refusals: Sequence[RecipientRefusal] = (),
     ) -> list[RecipientResult]:
-        """Each envelope recipient with ``status``, unless suppressed or refused at RCPT."""
         request = delivery.request
-        if request is None:
-            return []
-        refused = {normalise_address(r.recipient): r for r in refusals}
-        results = []
-        for address in request.envelope_recipients:
-            key = normalise_address(address)
-            refusal = refused.get(key)
-            if key in delivery.suppressed:
-                results.append(RecipientResult(address, RecipientStatus.SUPPRESSED))
-            elif refusal is not None:
-                permanent = 500 <= refusal.code < 600
-                results.append(
-                    RecipientResult(
-                        address,
-                        RecipientStatus.REFUSED if permanent else status,
-                        SmtpReply(code=refusal.code, response=refusal.message),
-                    )
-                )
-            else:
-                results.append(RecipientResult(address, status))
-        return results
+        return recipient_results(
+            () if request is None else request.envelope_recipients,
+            status=status,
+            suppressed=delivery.suppressed,
+            refusals=refusals,
+        )
 
     async def _without_suppressed(
         self, delivery: Delivery, email: OutgoingEmail
