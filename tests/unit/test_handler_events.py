@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from messaging_service.errors import SmtpRejectedError, SmtpTransientError
+from messaging_service.errors import (
+    SmtpRejectedError,
+    SmtpTransientError,
+    SuppressionUnavailableError,
+)
 from messaging_service.events import EventType, RecipientStatus
 from messaging_service.handler import Delivery, Finished, RequestHandler, RetryIn
 from messaging_service.health import Health
@@ -16,7 +21,12 @@ from messaging_service.mime import MessageBuilder, message_id
 from messaging_service.models import Outcome, RecipientRefusal, SendReport
 from messaging_service.reporter import EventReporter
 from messaging_service.retry import Backoff, RetryPolicy
-from messaging_service.suppression import MemorySuppressionStore, hard_bounce
+from messaging_service.suppression import (
+    MemorySuppressionStore,
+    Suppression,
+    SuppressionStore,
+    hard_bounce,
+)
 from messaging_service.suppressor import Suppressor
 from messaging_service.templates import TemplateRenderer
 from support.fakes import FakeDeadLetters, FakeEvents, FakeSender, FakeSentLog, record
@@ -33,11 +43,13 @@ class Harness:
         *,
         events: FakeEvents | None = None,
         sent_log: FakeSentLog | None = None,
+        store: SuppressionStore | None = None,
+        events_on: bool = True,
     ) -> None:
         self.sender = sender
         self.events = events or FakeEvents()
         self.dead_letters = FakeDeadLetters()
-        self.store = MemorySuppressionStore(max_entries=100, clock=lambda: NOW)
+        self.store = store or MemorySuppressionStore(max_entries=100, clock=lambda: NOW)
         self.registry = CollectorRegistry()
         self.health = Health()
         metrics = Metrics(self.registry)
@@ -53,7 +65,9 @@ class Harness:
             clock=lambda: NOW,
             events=EventReporter(
                 self.events, metrics=metrics, health=self.health, backoff=Backoff(initial=0.5)
-            ),
+            )
+            if events_on
+            else None,
             suppressor=Suppressor(self.store, ttl=3600, metrics=metrics, clock=lambda: NOW),
             sender_domain="example.com",
         )
@@ -224,3 +238,47 @@ async def test_every_recipient_refused_as_unknown_is_dead_lettered_and_suppresse
     [event] = harness.events.published
     assert [r.status for r in event.recipients] == [RecipientStatus.REFUSED]
     assert [e.address for e in await harness.store.entries()] == ["gone@example.com"]
+
+
+class UnavailableStore:
+    """A suppression store that cannot answer, as Redis when it is down."""
+
+    async def suppressed(self, addresses: Sequence[str]) -> frozenset[str]:
+        raise SuppressionUnavailableError("suppression store: ConnectionError: refused")
+
+    async def add(self, entry: Suppression) -> None:
+        raise SuppressionUnavailableError("suppression store: ConnectionError: refused")
+
+    async def remove(self, address: str) -> bool:
+        raise SuppressionUnavailableError("suppression store: ConnectionError: refused")
+
+    async def entries(self) -> list[Suppression]:
+        raise SuppressionUnavailableError("suppression store: ConnectionError: refused")
+
+
+async def test_a_suppression_store_that_cannot_answer_costs_the_list_never_delivery() -> None:
+    harness = Harness(FakeSender(SendReport(refused=(GONE,))), store=UnavailableStore())
+    step, _ = await harness.run_to_end(
+        Delivery(record(welcome(to=["bob@example.com", "gone@example.com"])))
+    )
+    assert step == Finished(Outcome.SENT)
+    assert harness.metric("email_suppression_unavailable_total", operation="check") == 1
+    assert harness.metric("email_suppression_unavailable_total", operation="add") == 1
+    assert harness.metric("email_suppressions_added_total") == 0
+
+
+async def test_a_bug_while_the_final_event_waits_retries_only_the_event() -> None:
+    harness = Harness(FakeSender(), events=FakeEvents(failures=1))
+    delivery = Delivery(record(welcome()))
+    assert isinstance(await harness.handler.process(delivery), RetryIn)
+    step = await harness.handler.recover(delivery, RuntimeError("a bug"))
+    assert step == Finished(Outcome.SENT)
+    assert len(harness.sender.sent) == 1
+    assert harness.types() == ["email.sent"]
+
+
+async def test_without_events_the_outcome_is_final_at_once() -> None:
+    harness = Harness(FakeSender(), events_on=False)
+    step = await harness.handler.process(Delivery(record(welcome())))
+    assert step == Finished(Outcome.SENT)
+    assert harness.events.published == []
