@@ -227,7 +227,7 @@ class RequestHandler:
             self._metrics.suppressed.inc()
             log.info("email_suppressed", recipients=len(delivery.suppressed))
             return await self._conclude(
-                delivery, Outcome.SUPPRESSED, self._recipients(delivery, RecipientStatus.FAILED)
+                delivery, Outcome.SUPPRESSED, self._recipients(delivery, RecipientStatus.SUPPRESSED)
             )
         email = remaining
         relay = self._relay
