@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.kafka import KAFKA_TIMEOUTS
+from support.kafka import GROUP_TIMEOUTS, BrokerKind
 
 from .content import SENDER
 from .sinks import HOST, free_port
@@ -45,7 +45,10 @@ def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
             "KAFKA_TOPIC": config.topic,
             "KAFKA_DLQ_TOPIC": config.dlq_topic,
             "KAFKA_GROUP_ID": config.group,
-            **{f"KAFKA_{name.upper()}": str(value) for name, value in KAFKA_TIMEOUTS.items()},
+            **{
+                f"KAFKA_{name.upper()}": str(value)
+                for name, value in GROUP_TIMEOUTS[BrokerKind.TANSU].items()
+            },
             "SMTP_HOST": HOST,
             "SMTP_PORT": str(config.smtp_port),
             "EMAIL_FROM": SENDER,

@@ -56,7 +56,7 @@ async def test_kill_9_mid_batch_loses_nothing_and_counts_duplicates(
     relay.delay_data(0.01)  # the rules above win for their ids
     await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
     settings = settings_for(
-        broker.bootstrap,
+        broker,
         topics,
         relay.port,
         workers=WORKERS,
