@@ -122,6 +122,9 @@ class ApacheKafkaBroker:
             return
         self._running = False
         self._run("stop", self._stop_timeout)
+        assert self._state_dir is not None
+        # The pid is stale now: a later `kafka stop` (scripts/test's clean-up) must not find it.
+        (self._state_dir / "kafka.pid").unlink(missing_ok=True)
 
     def restart(self) -> None:
         """Stop and start again on the same state directory: ports and data are kept."""
