@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,7 @@ from messaging_service.embedded import BrokerStartError
 KAFKA_HOME_ENV = "TEST_KAFKA_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KAFKA_HOME = REPO_ROOT.parent / "shared" / "kafka"
+_START_ATTEMPTS = 2
 
 
 def kafka_home(environ: Mapping[str, str] | None = None) -> Path:
@@ -102,14 +104,21 @@ class ApacheKafkaBroker:
             raise BrokerStartError("Apache Kafka needs Java 17+: no java on PATH or JAVA_HOME")
         if self._state_dir is None:
             self._state_dir = Path(tempfile.mkdtemp(prefix="kafka-")) / "state"
-        answer = self._run("start", self._start_timeout)
-        values = dict(line.split("=", 1) for line in answer.stdout.splitlines() if "=" in line)
-        if answer.returncode != 0 or "BOOTSTRAP" not in values:
-            self._run("stop", self._stop_timeout)  # a half-started broker must not linger
-            raise BrokerStartError(
+        # Once in a full run on a loaded machine, a restart's JVM printed nothing for the
+        # script's 60 s: one more try, with what the stuck processes were doing as a warning.
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            answer = self._run("start", self._start_timeout)
+            values = dict(line.split("=", 1) for line in answer.stdout.splitlines() if "=" in line)
+            if answer.returncode == 0 and "BOOTSTRAP" in values:
+                break
+            failure = (
                 f"kafka start {self._state_dir} exited with {answer.returncode}\n"
-                f"{answer.stdout}{answer.stderr}{self.log_tail()}"
+                f"{answer.stdout}{answer.stderr}{self._processes()}\n{self.log_tail()}"
             )
+            self._run("stop", self._stop_timeout)  # a half-started broker must not linger
+            if attempt == _START_ATTEMPTS:
+                raise BrokerStartError(failure)
+            warnings.warn(f"Apache Kafka did not start, trying again: {failure}", stacklevel=2)
         bootstrap = values["BOOTSTRAP"].strip()
         if self._bootstrap is not None and bootstrap != self._bootstrap:
             raise BrokerStartError(f"restarted on {bootstrap}, not on {self._bootstrap}")
@@ -144,6 +153,31 @@ class ApacheKafkaBroker:
         if not path.is_file():
             return "(no broker log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _processes(self) -> str:
+        """The broker's process and its children (state, kernel wait channel), for a report."""
+        assert self._state_dir is not None
+        try:
+            pid = int((self._state_dir / "kafka.pid").read_text())
+            table = subprocess.run(
+                ["ps", "-e", "-o", "pid=,ppid=,stat=,wchan:24=,etime=,args="],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            return f"(no process table: {exc})"
+        rows = [line.split(None, 5) for line in table.splitlines()]
+        family, lines = {pid}, []
+        for _ in range(5):  # a few generations: script -> java -version, or the JVM itself
+            for row in rows:
+                if len(row) == 6 and (int(row[0]) in family or int(row[1]) in family):
+                    family.add(int(row[0]))
+        for row in rows:
+            if len(row) == 6 and int(row[0]) in family:
+                lines.append(" ".join(row)[:300])
+        return "processes:\n" + ("\n".join(lines) or f"(pid {pid} is gone)")
 
     def _run(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
         assert self._state_dir is not None
