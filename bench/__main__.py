@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from support.apache_kafka import ApacheKafkaBroker, missing
 from support.kafka import EmbeddedBroker
 
 from . import report
+from .crash import CrashPlan, CrashResult, crash_markdown, measure_crash
 from .memory import measure_memory, memory_markdown
 from .profile import profile_markdown, profile_service
 from .runner import (
@@ -25,6 +27,10 @@ from .runner import (
     steps,
 )
 from .tools import REPO, ensure_smtp_sink
+
+# The crash benchmark's service uses Tansu's lowered group timeouts (bench.service): its
+# Apache Kafka knowingly accepts them, below the 6 s default minimum session.
+CRASH_KAFKA_CONFIG = "group.min.session.timeout.ms=1000\ngroup.initial.rebalance.delay.ms=0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="small counts, about a minute")
     mode.add_argument("--memory", action="store_true", help="peak RSS with a huge backlog")
     mode.add_argument("--profile", action="store_true", help="py-spy profile of the service")
+    mode.add_argument(
+        "--crash",
+        action="store_true",
+        help="duplicates after kill -9 with and without offset maps (Apache Kafka)",
+    )
+    parser.add_argument("--crash-runs", type=int, default=3, help="pairs of crash runs")
+    parser.add_argument("--crash-requests", type=int, default=2000)
+    parser.add_argument("--crash-kill-after", type=int, default=1000)
+    parser.add_argument("--crash-workers", type=int, default=10)
     parser.add_argument("--workers", type=_ints, default=(1, 10, 50, 100, 200))
     parser.add_argument("--zero-workers", type=_ints, default=(50, 100))
     parser.add_argument("--delay", type=float, default=0.05, help="latency-bound relay delay, s")
@@ -128,10 +143,14 @@ def _broker_pid(port: int) -> int | None:
 async def run(args: argparse.Namespace) -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    ensure_smtp_sink()
+    if not args.crash:  # the crash runs use the delay sink only
+        ensure_smtp_sink()
     machine = report.Machine.current()
     say(f"bench: {machine.line()}")
     say(f"bench: output in {args.out}, logs in {args.work_dir}")
+    if args.crash:
+        await _crash(args, machine)
+        return
     with EmbeddedBroker(log_dir=args.work_dir / "broker") as broker:
         quick = args.quick
         ctx = Context(
@@ -319,6 +338,46 @@ async def _profile(ctx: Context, args: argparse.Namespace, machine: report.Machi
     body = f"Measured {machine.finished().line()}.\n\n" + profile_markdown(profile)
     doc = args.out / report.DOC_NAME
     report.replace_section(doc, "profile", body)
+    say(f"bench: wrote {doc}")
+    print("\n" + body)
+
+
+async def _crash(args: argparse.Namespace, machine: report.Machine) -> None:
+    reason = missing()
+    if reason is not None:
+        raise SystemExit(f"bench --crash: {reason}")
+    plan = CrashPlan(
+        requests=args.crash_requests,
+        workers=args.crash_workers,
+        kill_after=args.crash_kill_after,
+        delay=args.delay,
+        partitions=args.partitions,
+    )
+    results: list[CrashResult] = []
+    total = 2 * args.crash_runs
+    with ApacheKafkaBroker(
+        args.work_dir / "apache-kafka", extra_config=CRASH_KAFKA_CONFIG
+    ) as kafka:
+        say(f"bench: Apache Kafka at {kafka.bootstrap}")
+        for number in range(total):
+            offset_map = number % 2 == 0
+            say(f"[{number + 1}/{total}] crash run, offset map {'on' if offset_map else 'off'}")
+            result = await measure_crash(
+                kafka.bootstrap,
+                args.work_dir,
+                plan,
+                offset_map=offset_map,
+                run_id=f"crash{number}-{time.strftime('%H%M%S')}",
+            )
+            results.append(result)
+            say(
+                f"      -> sent before {result.sent_before}, committed {result.committed_before}, "
+                f"mapped {result.mapped_before}, skipped {result.skipped}, "
+                f"duplicates {result.duplicates} ({result.share:.0%})"
+            )
+    body = crash_markdown(plan, results, machine_line=machine.finished().line())
+    doc = args.out / report.DOC_NAME
+    report.replace_section(doc, "crash", body)
     say(f"bench: wrote {doc}")
     print("\n" + body)
 

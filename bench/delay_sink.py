@@ -55,17 +55,25 @@ class AcceptLog:
 
 
 class FailOnce:
-    """Which messages get a 451: a random ``share`` of them, each only the first time."""
+    """Which messages get a 451, each only the first time: a random ``share`` of them, or
+    with ``every`` N, those whose id ends in ``-<index>`` with index divisible by N."""
 
-    def __init__(self, share: float) -> None:
+    def __init__(self, share: float, *, every: int = 0) -> None:
         self._share = share
+        self._every = every
         self._failed: set[str] = set()
 
     def refuse(self, email_id: str) -> bool:
-        if not self._share or email_id in self._failed or random.random() >= self._share:
+        if email_id in self._failed or not self._picked(email_id):
             return False
         self._failed.add(email_id)
         return True
+
+    def _picked(self, email_id: str) -> bool:
+        if self._every:
+            index = email_id.rpartition("-")[2]
+            return index.isdigit() and int(index) % self._every == 0
+        return bool(self._share) and random.random() < self._share
 
 
 class _Session(asyncio.Protocol):
@@ -168,6 +176,7 @@ async def serve(
     delay: float,
     jitter: float = 0.0,
     fail_share: float = 0.0,
+    fail_every: int = 0,
     log_path: Path,
 ) -> None:
     """Serve until SIGTERM or SIGINT; print ``ready <port>`` once listening."""
@@ -177,7 +186,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     with log_path.open("a", encoding="ascii") as stream:
         log = AcceptLog(stream)
-        fail = FailOnce(fail_share)
+        fail = FailOnce(fail_share, every=fail_every)
         server = await loop.create_server(
             lambda: _Session(delay=delay, jitter=jitter, log=log, fail=fail),
             host,
@@ -206,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--fail-share", type=float, default=0.0, help="refuse this share of messages once (451)"
     )
+    parser.add_argument(
+        "--fail-every", type=int, default=0, help="refuse ids ending in a multiple of N once"
+    )
     parser.add_argument("--log", type=Path, required=True, help="accepted messages go here")
     args = parser.parse_args(argv)
     coroutine = serve(
@@ -214,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         delay=args.delay,
         jitter=args.jitter,
         fail_share=args.fail_share,
+        fail_every=args.fail_every,
         log_path=args.log,
     )
     try:

@@ -30,6 +30,8 @@ class ServiceConfig:
     smtp_port: int
     workers: int
     log_level: str = "INFO"
+    extra_env: tuple[tuple[str, str], ...] = ()
+    """More settings as environment variables, e.g. (("EMAIL_RETRY_DELAYS", "3"),)."""
 
 
 def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
@@ -57,6 +59,7 @@ def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
             "HTTP_PORT": str(http_port),
             "LOG_LEVEL": config.log_level,
             "LOG_FORMAT": "json",
+            **dict(config.extra_env),
         }
     )
     return env

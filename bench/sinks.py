@@ -150,7 +150,13 @@ class DelaySink:
     """``python -m bench.delay_sink``: the ``250`` after each message comes ``delay`` s later."""
 
     def __init__(
-        self, work_dir: Path, *, delay: float, jitter: float = 0.0, fail_share: float = 0.0
+        self,
+        work_dir: Path,
+        *,
+        delay: float,
+        jitter: float = 0.0,
+        fail_share: float = 0.0,
+        fail_every: int = 0,
     ) -> None:
         self.label = f"delay sink {delay * 1000:g} ms"
         self._accept_log = work_dir / f"accepted-{time.monotonic_ns()}.log"
@@ -169,6 +175,8 @@ class DelaySink:
             str(jitter),
             "--fail-share",
             str(fail_share),
+            "--fail-every",
+            str(fail_every),
             "--log",
             str(self._accept_log),
         ]

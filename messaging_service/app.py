@@ -13,14 +13,14 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from .circuit import CircuitBreaker, CircuitState
+from .circuit import CircuitBreaker
 from .config import DedupSettings, Settings
 from .consumer import KafkaRequestConsumer
 from .dlq import KafkaDeadLetterSink
-from .errors import SmtpTransientError
 from .handler import RequestHandler
 from .health import Health
 from .http import HttpServer, build_app
+from .lifecycle import Lifecycle
 from .metrics import LiveState, Metrics
 from .mime import MessageBuilder
 from .models import RequestLimits
@@ -29,8 +29,8 @@ from .pipeline import Pipeline, PipelineSettings
 from .pool import WorkerPool
 from .ratelimit import SendRateLimiter
 from .redis_sentlog import RedisSentLog
+from .relay import Relay
 from .retry import RetryPolicy
-from .scheduler import DelayQueue
 from .sentlog import MemorySentLog, SentLog
 from .smtp import SmtpSender
 from .templates import TemplateRenderer
@@ -55,35 +55,39 @@ async def run_service(
     *,
     registry: CollectorRegistry | None = None,
     on_started: Callable[[Running], None] | None = None,
-) -> None:
-    """Run until ``stop`` is set; then drain, commit and close everything in reverse order."""
+) -> bool:
+    """Run until ``stop`` is set; then drain, commit and close everything in reverse order.
+
+    Returns False when the final commit failed (the CLI then exits non-zero); what it held is
+    delivered again from the last commit that landed.
+    """
     registry = registry if registry is not None else CollectorRegistry()
-    health = Health()
-    metrics = Metrics(registry)
-    # Pure parts first: a broken template or sender fails the start, before any connection.
-    renderer = TemplateRenderer(
-        settings.email.templates_dir, render_timeout=settings.email.render_timeout
-    )
-    builder = MessageBuilder(settings.email.sender)
-    tracker = OffsetTracker()
     email = settings.email
+    # Pure parts first: a broken template or sender fails the start, before any connection.
+    renderer = TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout)
+    builder = MessageBuilder(email.sender)
     # Never more failures than a request has attempts: an outage must open the circuit
     # before any request could run out of retries because of it.
-    circuit = CircuitBreaker(threshold=min(settings.smtp.circuit_threshold, email.max_retries + 1))
-    circuit.subscribe(lambda state: _circuit_changed(state, health, settings.smtp.probe_interval))
+    relay = Relay(
+        CircuitBreaker(threshold=min(settings.smtp.circuit_threshold, email.max_retries + 1))
+    )
+    health = Health(relay=relay)
+    metrics = Metrics(registry)
+    tracker = OffsetTracker(map_max_bytes=settings.kafka.offset_map_max_bytes)
     limiter = SendRateLimiter(AdaptiveRate(email.rate_limit or None))
     watchdog = Watchdog(settings.runtime.watchdog_timeout)
 
-    def stalled() -> float:
-        return watchdog.stalled(waiting=tracker.waiting > 0, excused=health.circuit_open)
-
-    def live() -> bool:
-        return watchdog.alive(waiting=tracker.waiting > 0, excused=health.circuit_open)
+    def waiting() -> bool:
+        return tracker.waiting > 0
 
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             HttpServer(
-                build_app(registry, health, live=live),
+                build_app(
+                    registry,
+                    health,
+                    live=lambda: watchdog.alive(waiting=waiting(), excused=relay.circuit_open),
+                ),
                 host=settings.http.host,
                 port=settings.http.port,
             )
@@ -91,84 +95,119 @@ async def run_service(
         sender = await stack.enter_async_context(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
-        dead_letters = await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka))
-        sent_log = await stack.enter_async_context(_sent_log(settings.dedup))
-        pool = await stack.enter_async_context(
-            WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
-        )
-        delays = await stack.enter_async_context(DelayQueue(pool.submit))
         handler = RequestHandler(
             renderer=renderer,
             builder=builder,
             sender=sender,
-            dead_letters=dead_letters,
+            dead_letters=await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka)),
             policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
             metrics=metrics,
             health=health,
-            circuit=circuit,
+            relay=relay,
             limiter=limiter,
-            limits=RequestLimits(
-                max_record_bytes=email.max_record_bytes,
-                max_recipients=email.max_recipients,
-                max_data_depth=email.max_data_depth,
-                max_data_bytes=email.max_data_bytes,
-            ),
+            limits=_limits(settings),
             allowed_domains=email.allowed_domains,
-            sent_log=sent_log,
+            sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
+        )
+        pool = await stack.enter_async_context(
+            WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
+        )
+        lifecycle = await stack.enter_async_context(
+            Lifecycle(
+                handler=handler, submit=pool.submit, relay=relay, metrics=metrics, watchdog=watchdog
+            )
         )
         pipeline = Pipeline(
-            handler=handler,
+            lifecycle=lifecycle,
             pool=pool,
-            delays=delays,
             tracker=tracker,
             metrics=metrics,
             health=health,
-            settings=PipelineSettings(
-                max_in_flight=email.max_in_flight,
-                commit_interval=settings.kafka.commit_interval_ms / 1000,
-                shutdown_timeout=settings.runtime.shutdown_timeout,
-                refill=max(1, email.worker_buffer // 2),
-                revocation_timeout=settings.kafka.revocation_timeout,
-            ),
-            circuit=circuit,
+            relay=relay,
+            settings=_pipeline_settings(settings),
             watchdog=watchdog,
         )
-        metrics.watch(
-            LiveState(
-                pool=lambda: dataclasses.asdict(pool.stats()),
-                retry_waiting=lambda: len(delays),
-                in_flight=lambda: tracker.pending,
-                uncommitted_finished=lambda: tracker.finished_uncommitted,
-                assigned_partitions=lambda: len(tracker.partitions()),
-                health=health.readiness,
-                circuit_open=lambda: circuit.is_open,
-                circuit_opened=lambda: circuit.opened_count,
-                parked=lambda: pipeline.parked,
-                rate_limit=limiter.allowed,
-                stalled_seconds=stalled,
-            )
-        )
+        metrics.watch(_live_state(pool, lifecycle, tracker, health, relay, limiter, watchdog))
         await stack.enter_async_context(
-            _background(lambda: _watch_relay(sender, circuit, health, settings.smtp.probe_interval))
+            _background(lambda: relay.watch(sender.probe, settings.smtp.probe_interval))
         )
         consumer = await stack.enter_async_context(
             KafkaRequestConsumer(
-                settings.kafka, on_assigned=pipeline.on_assigned, on_revoked=pipeline.on_revoked
+                settings.kafka,
+                on_assigned=pipeline.on_assigned,
+                on_revoked=pipeline.on_revoked,
+                on_restored=tracker.restore,
             )
         )
-        log.info(
-            "service_started",
-            topic=settings.kafka.topic,
-            group=settings.kafka.group_id,
-            workers=email.worker_count,
-            dedup="memory" if settings.dedup.redis_url is None else "redis",
-            http_port=http.port,
-            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-        )
+        _log_started(settings, http.port)
         if on_started is not None:
             on_started(Running(http_port=http.port, health=health, registry=registry))
-        await pipeline.run(consumer, stop)
-    log.info("service_stopped")
+        committed = await pipeline.run(consumer, stop)
+    log.info("service_stopped", final_commit="ok" if committed else "failed")
+    return committed
+
+
+def _pipeline_settings(settings: Settings) -> PipelineSettings:
+    return PipelineSettings(
+        max_in_flight=settings.email.max_in_flight,
+        commit_interval=settings.kafka.commit_interval_ms / 1000,
+        shutdown_timeout=settings.runtime.shutdown_timeout,
+        refill=max(1, settings.email.worker_buffer // 2),
+        revocation_timeout=settings.kafka.revocation_timeout,
+    )
+
+
+def _limits(settings: Settings) -> RequestLimits:
+    email = settings.email
+    return RequestLimits(
+        max_record_bytes=email.max_record_bytes,
+        max_recipients=email.max_recipients,
+        max_data_depth=email.max_data_depth,
+        max_data_bytes=email.max_data_bytes,
+    )
+
+
+def _live_state(
+    pool: WorkerPool,
+    lifecycle: Lifecycle,
+    tracker: OffsetTracker,
+    health: Health,
+    relay: Relay,
+    limiter: SendRateLimiter,
+    watchdog: Watchdog,
+) -> LiveState:
+    return LiveState(
+        pool=lambda: dataclasses.asdict(pool.stats()),
+        retry_waiting=lambda: lifecycle.retry_waiting,
+        in_flight=lambda: tracker.pending,
+        uncommitted_finished=lambda: tracker.finished_uncommitted,
+        assigned_partitions=lambda: len(tracker.partitions()),
+        health=health.readiness,
+        circuit_open=lambda: relay.circuit_open,
+        circuit_opened=lambda: relay.circuit_opened,
+        parked=lambda: relay.parked,
+        rate_limit=limiter.allowed,
+        stalled_seconds=lambda: watchdog.stalled(
+            waiting=tracker.waiting > 0, excused=relay.circuit_open
+        ),
+        oldest_unfinished=lambda: {
+            (state.tp.topic, state.tp.partition): state.oldest_unfinished_age()
+            for state in tracker.states()
+        },
+        offset_map_left_out=lambda: tracker.map_left_out,
+    )
+
+
+def _log_started(settings: Settings, http_port: int) -> None:
+    log.info(
+        "service_started",
+        topic=settings.kafka.topic,
+        group=settings.kafka.group_id,
+        workers=settings.email.worker_count,
+        dedup="memory" if settings.dedup.redis_url is None else "redis",
+        http_port=http_port,
+        event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+    )
 
 
 @contextlib.asynccontextmanager
@@ -195,34 +234,3 @@ async def _background(work: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIte
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _circuit_changed(state: CircuitState, health: Health, probe_interval: float) -> None:
-    health.circuit_open = state is CircuitState.OPEN
-    if state is CircuitState.OPEN:
-        health.smtp_reachable = False
-        log.error("smtp_circuit_opened", probe_interval=probe_interval)
-    else:
-        log.info("smtp_circuit_closed")
-
-
-async def _watch_relay(
-    sender: SmtpSender, circuit: CircuitBreaker, health: Health, interval: float
-) -> None:
-    """Probe the relay whenever it is not known good; a probe that answers closes the circuit.
-
-    Also keeps /readyz honest while no email flows (at start, or after a failed send).
-    """
-    while True:
-        if circuit.is_open or not health.smtp_reachable:
-            try:
-                await sender.probe()
-            except SmtpTransientError as exc:
-                log.warning("smtp_unreachable", error=str(exc), circuit=circuit.state.value)
-            except Exception as exc:  # the task boundary: only this task ever closes the circuit
-                log.error("smtp_probe_crashed", exc_info=exc, circuit=circuit.state.value)
-            else:
-                health.smtp_reachable = True
-                log.info("smtp_reachable")
-                circuit.close()
-        await asyncio.sleep(interval)

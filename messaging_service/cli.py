@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import structlog
@@ -28,6 +28,8 @@ from .models import guess_request_id, parse_request
 from .preview import format_rendered, render_template, write_rendered
 from .publish import Published, build_request, encode_request, new_request_id, publish_one
 from .replay import ReplayOptions, list_dead_letters, replay
+
+T = TypeVar("T")
 
 _BUILD_OPTIONS = ("template", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "data")
 
@@ -54,29 +56,34 @@ def main() -> None:
 
 @main.command()
 def run() -> None:
-    """Run the service until SIGTERM or SIGINT, then drain in-flight requests and exit 0."""
+    """Run the service until SIGTERM or SIGINT, then drain in-flight requests and exit 0.
+
+    Exits 1 if the final offset commit failed (nothing is lost: Kafka delivers it again).
+    """
     settings = _settings_or_exit()
     configure_logging(settings.log)
     try:
-        _run_event_loop(_run(settings))
+        committed = _run_event_loop(_run(settings))
     except ServiceError as exc:
         # A dependency that cannot be reached at start, or templates that do not compile:
         # exit non-zero with one clear line, and let the supervisor restart us.
         structlog.get_logger(__name__).error("service_failed", error=str(exc))
         sys.exit(1)
+    if not committed:
+        # Logged as final_commit_failed; nothing is lost, Kafka delivers it again.
+        sys.exit(1)
 
 
-def _run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+def _run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run the service on uvloop where it is installed (not on Windows), else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
-async def _run(settings: Settings) -> None:
+async def _run(settings: Settings) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     log = structlog.get_logger(__name__)
@@ -90,7 +97,7 @@ async def _run(settings: Settings) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
-    await run_service(settings, stop)
+    return await run_service(settings, stop)
 
 
 @main.command()

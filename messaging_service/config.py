@@ -105,6 +105,10 @@ class KafkaSettings(BaseSettings):
     # Capped at half the rebalance timeout: see revocation_timeout.
     revocation_timeout_ms: int = Field(default=5000, ge=0)
     request_timeout_ms: int = Field(default=30_000, gt=0)
+    # The most one commit, one fetch (beyond its own wait) or one look-up of committed offsets
+    # may take: with the broker gone, aiokafka would otherwise retry finding the coordinator
+    # for ever. A periodic commit that times out is tried again at the next interval.
+    call_timeout_ms: int = Field(default=5000, gt=0)
     # Fetch buffers are most of the memory with a backlog waiting: aiokafka's defaults (50 MiB
     # per fetch, 1 MiB per partition) are sized for throughput of tiny records, not for this.
     fetch_max_bytes: int = Field(default=1_048_576, gt=0)
@@ -112,6 +116,11 @@ class KafkaSettings(BaseSettings):
     # How long the broker may hold a fetch waiting for data: bounds the latency of a request
     # that arrives on an idle topic (aiokafka's default is 500 ms).
     fetch_max_wait_ms: int = Field(default=100, ge=0)
+    # The offset map: finished offsets above the commit point, written into each commit's
+    # metadata in at most this many characters (0: off), so a restart or a new owner skips
+    # them. It must stay within the broker's offset.metadata.max.bytes (4096 by default);
+    # what does not fit is left out, lowest offsets kept (docs/operations.md).
+    offset_map_max_bytes: int = Field(default=3072, ge=0, le=1_048_576)
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -140,7 +140,7 @@ class _DevSession:
         self,
         settings: Settings,
         registry: CollectorRegistry,
-        service: asyncio.Task[None],
+        service: asyncio.Task[bool],
         mail: MailCatcher,
     ) -> DevExit:
         published_at = time.monotonic()
@@ -178,7 +178,7 @@ class _DevSession:
         self.console.line(f"samples  published {len(self.samples)}: {names}")
 
     async def _watch(
-        self, registry: CollectorRegistry, service: asyncio.Task[None], *, until_done: bool
+        self, registry: CollectorRegistry, service: asyncio.Task[bool], *, until_done: bool
     ) -> bool:
         """Redraw the progress until the samples are done (or forever); False on timeout."""
         deadline = time.monotonic() + self.options.timeout
@@ -298,7 +298,7 @@ def dev_settings(
 @contextlib.asynccontextmanager
 async def _service(
     settings: Settings, registry: CollectorRegistry
-) -> AsyncIterator[tuple[Running, asyncio.Task[None]]]:
+) -> AsyncIterator[tuple[Running, asyncio.Task[bool]]]:
     """Run the service as a task owned by this block: stopped and drained on exit."""
     stop = asyncio.Event()
     started: asyncio.Future[Running] = asyncio.get_running_loop().create_future()

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from .circuit import CircuitBreaker
 from .errors import (
     DeadLetterUnavailableError,
     InvalidPayloadError,
@@ -43,6 +42,7 @@ from .models import (
     parse_request,
 )
 from .ratelimit import SendRateLimiter
+from .relay import Relay
 from .retry import Backoff, RetryPolicy
 from .sentlog import SentLog
 from .templates import TemplateRenderer
@@ -97,7 +97,7 @@ class RequestHandler:
         policy: RetryPolicy,
         metrics: Metrics,
         health: Health,
-        circuit: CircuitBreaker | None = None,
+        relay: Relay | None = None,
         limiter: SendRateLimiter | None = None,
         sent_log: SentLog | None = None,
         dead_letter_backoff: Backoff | None = None,
@@ -112,7 +112,7 @@ class RequestHandler:
         self._policy = policy
         self._metrics = metrics
         self._health = health
-        self._circuit = circuit
+        self._relay = relay if relay is not None else health.relay
         self._limiter = limiter
         self._sent_log = sent_log
         self._backoff = dead_letter_backoff or Backoff()
@@ -187,8 +187,8 @@ class RequestHandler:
             self._finish(delivery, Outcome.DUPLICATE)
             log.info("email_duplicate_skipped", attempts=delivery.attempts)
             return Finished(Outcome.DUPLICATE)
-        circuit = self._circuit
-        if circuit is not None and circuit.is_open:
+        relay = self._relay
+        if relay.circuit_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
             return Parked()
         if self._limiter is not None:
@@ -207,19 +207,16 @@ class RequestHandler:
             )
         except SmtpUnavailableError as exc:
             self._observe_attempt(started, "unavailable")
-            self._health.smtp_reachable = False
-            if circuit is not None:
-                circuit.record_failure()
-                if circuit.is_open:
-                    # An outage is nobody's fault: this attempt does not count.
-                    delivery.attempts -= 1
-                    log.warning("email_parked", reason="smtp_circuit_open", error=str(exc))
-                    return Parked()
+            if relay.unreachable():
+                # An outage is nobody's fault: this attempt does not count.
+                delivery.attempts -= 1
+                log.warning("email_parked", reason="smtp_circuit_open", error=str(exc))
+                return Parked()
             return await self._transient(delivery, exc)
         except SmtpTransientError as exc:
             self._observe_attempt(started, "transient")
             if exc.code is None:
-                self._health.smtp_reachable = False
+                relay.unreachable(counts=False)
             else:
                 self._relay_answered()
                 if is_throttling(exc.code):
@@ -244,9 +241,7 @@ class RequestHandler:
         return Finished(Outcome.SENT)
 
     def _relay_answered(self) -> None:
-        self._health.smtp_reachable = True
-        if self._circuit is not None:
-            self._circuit.record_success()
+        self._relay.answered()
 
     def _throttled(self, code: int) -> None:
         self._metrics.throttled.inc()

@@ -35,6 +35,10 @@ class LiveState:
     rate_limit: Callable[[], float | None] = lambda: None
     stalled_seconds: Callable[[], float] = lambda: 0.0
     """seconds requests have waited with none finishing (the liveness watchdog's measure)"""
+    oldest_unfinished: Callable[[], Mapping[tuple[str, int], float]] = dict
+    """per (topic, partition): seconds since its oldest unfinished request was admitted"""
+    offset_map_left_out: Callable[[], int] = lambda: 0
+    """finished offsets above the commit point that the last commit's offset map left out"""
 
 
 class Metrics:
@@ -83,6 +87,12 @@ class Metrics:
             "Redelivered requests whose id was already sent; finished without sending.",
             registry=registry,
         )
+        self.skipped_finished = Counter(
+            _PREFIX + "skipped_finished",
+            "Redelivered records the last commit's offset map lists as finished; finished at "
+            "once without processing.",
+            registry=registry,
+        )
         self.dedup_unavailable = Counter(
             _PREFIX + "dedup_unavailable",
             "Sent-id store operations that failed (seen or record); sending went on regardless.",
@@ -107,6 +117,14 @@ class Metrics:
             "Unfinished requests of revoked partitions left to the new owner, by state "
             "(retry_waiting, or unfinished when the revocation timed out).",
             ["state"],
+            registry=registry,
+        )
+        self.partition_resets = Counter(
+            _PREFIX + "partition_resets",
+            "Partitions whose bookkeeping was started again, by reason: offset_rewound (Kafka "
+            "delivered an offset at or below one already tracked) or not_assigned (the consumer "
+            "no longer owns it).",
+            ["reason"],
             registry=registry,
         )
         self.unexpected_errors = Counter(
@@ -156,6 +174,12 @@ class _LiveCollector(Collector):
             self._state.uncommitted_finished(),
         )
         yield _gauge(
+            "offset_map_left_out",
+            "Finished offsets above the commit point that did not fit in the last commit's "
+            "offset map (KAFKA_OFFSET_MAP_MAX_BYTES): sent again after a crash.",
+            self._state.offset_map_left_out(),
+        )
+        yield _gauge(
             "assigned_partitions",
             "Partitions of the requests topic assigned to this process.",
             self._state.assigned_partitions(),
@@ -187,6 +211,15 @@ class _LiveCollector(Collector):
             "or the circuit is open); /healthz fails past WATCHDOG_TIMEOUT.",
             self._state.stalled_seconds(),
         )
+        oldest = GaugeMetricFamily(
+            _PREFIX + "oldest_unfinished_seconds",
+            "Seconds since the oldest unfinished request of each assigned partition was "
+            "admitted (0 when none is unfinished); its offset holds the partition's commits.",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), seconds in sorted(self._state.oldest_unfinished().items()):
+            oldest.add_metric([topic, str(partition)], seconds)
+        yield oldest
         for field in ("completed", "failed", "panicked"):
             counter = CounterMetricFamily(
                 _PREFIX + f"pool_jobs_{field}", f"Worker pool jobs {field}."

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from enum import Enum
 from typing import NamedTuple
+
+from .offsetmap import OffsetMap, Run, as_runs, encode
 
 
 class TopicPartition(NamedTuple):
@@ -12,6 +16,22 @@ class TopicPartition(NamedTuple):
 
     topic: str
     partition: int
+
+
+class Commit(NamedTuple):
+    """What to commit for one partition: the offset, and the offset map as its metadata."""
+
+    offset: int
+    metadata: str = ""
+    left_out: int = 0
+    """Finished offsets above ``offset`` that did not fit in the map (sent again after a crash)."""
+
+
+class Tracked(Enum):
+    """What track() found: a new offset to work on, or one finished before (skip it)."""
+
+    NEW = "new"
+    FINISHED_BEFORE = "finished_before"
 
 
 class PartitionOffsets:
@@ -23,23 +43,55 @@ class PartitionOffsets:
     The commit point never passes an unfinished tracked offset, whatever order finishes
     arrive in. Tracked offsets from the commit point on sit in a deque; finishing one that
     reaches the head pops every finished offset there, so advancing is amortised O(1).
+
+    With offset maps on (``map_max_bytes`` > 0) each commit also carries the finished offsets
+    above its commit point (``offsetmap``), re-encoded only when something changed; an offset
+    the last commit's map lists (``restore()``) is finished as soon as it is tracked again, and
+    stays in later maps until the commit point passes it.
     """
 
     __slots__ = (
+        "_clock",
         "_committed",
+        "_committed_metadata",
+        "_encoded",
         "_finished",
         "_first",
         "_last",
+        "_left_out",
+        "_map_max_bytes",
         "_parked",
         "_passed",
+        "_restored",
+        "_since",
         "_unfinished",
+        "_version",
         "_window",
         "revoked",
         "tp",
     )
 
-    def __init__(self, tp: TopicPartition) -> None:
+    def __init__(
+        self,
+        tp: TopicPartition,
+        *,
+        map_max_bytes: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.tp = tp
+        self._clock = clock
+        # When each unfinished offset was tracked: the age of the oldest one is the alarm for
+        # a request that never reaches an outcome.
+        self._since: dict[int, float] = {}
+        # The offset map's bound in characters; 0: no map is written or read.
+        self._map_max_bytes = map_max_bytes
+        # Runs of offsets not tracked yet that the last commit's offset map says are finished.
+        self._restored: deque[Run] = deque()
+        self._committed_metadata = ""
+        self._left_out = 0
+        # Bumped by every change that can change the map; the last encoding is kept with it.
+        self._version = 0
+        self._encoded: tuple[int, int, Commit] | None = None
         # Set by OffsetTracker.revoke(): this generation is no longer ours to commit.
         self.revoked = False
         self._window: deque[int] = deque()  # tracked offsets from the commit point on
@@ -61,8 +113,12 @@ class PartitionOffsets:
             f"pending={self.pending}, revoked={self.revoked})"
         )
 
-    def track(self, offset: int) -> None:
-        """Record a consumed offset; offsets must strictly increase, gaps are fine."""
+    def track(self, offset: int) -> Tracked:
+        """Record a consumed offset; offsets must strictly increase, gaps are fine.
+
+        An offset the restored map lists is finished at once: FINISHED_BEFORE says not to work
+        on it again.
+        """
         if offset < 0:
             raise ValueError(f"offset must be >= 0, not {offset}")
         if self._last is not None and offset <= self._last:
@@ -72,6 +128,29 @@ class PartitionOffsets:
         self._last = offset
         self._window.append(offset)
         self._unfinished.add(offset)
+        self._since[offset] = self._clock()
+        self._version += 1
+        restored = self._restored
+        while restored and restored[0][1] <= offset:
+            restored.popleft()
+        if restored and restored[0][0] <= offset:
+            self.finish(offset)
+            return Tracked.FINISHED_BEFORE
+        return Tracked.NEW
+
+    def restore(self, offset_map: OffsetMap) -> int:
+        """Take the finished offsets of the last commit's map; returns how many are used.
+
+        Offsets tracked already are left as they are (they are being worked on again).
+        Ignored when maps are off.
+        """
+        if not self._map_max_bytes:
+            return 0
+        floor = offset_map.base if self._last is None else max(offset_map.base, self._last + 1)
+        runs = [(max(start, floor), stop) for start, stop in offset_map.runs if stop > floor]
+        self._restored = deque(runs)
+        self._version += 1
+        return sum(stop - start for start, stop in runs)
 
     def finish(self, offset: int) -> None:
         """Record that ``offset``'s work is final. Idempotent.
@@ -81,7 +160,9 @@ class PartitionOffsets:
         """
         if offset in self._unfinished:
             self._unfinished.remove(offset)
+            del self._since[offset]
             self._finished.add(offset)
+            self._version += 1
             self._advance()
             return
         if offset in self._finished:
@@ -100,14 +181,42 @@ class PartitionOffsets:
             return self._window[0]
         return None if self._last is None else self._last + 1
 
-    def to_commit(self) -> int | None:
-        """The commit point if it moved past the last committed offset, else None."""
+    def to_commit(self) -> Commit | None:
+        """The commit point and its offset map, if either changed since the last commit."""
         point = self.commit_point()
-        if point is None or (self._committed is not None and point <= self._committed):
+        if point is None:
             return None
-        return point
+        committed = self._committed
+        if committed is not None and point < committed:
+            return None
+        commit = self._commit(point)
+        if point == committed and commit.metadata == self._committed_metadata:
+            return None  # neither the point nor the map moved
+        return commit
 
-    def mark_committed(self, offset: int) -> None:
+    def _commit(self, point: int) -> Commit:
+        if not self._map_max_bytes:
+            return Commit(point)
+        cached = self._encoded
+        if cached is not None and cached[0] == self._version and cached[1] == point:
+            return cached[2]
+        encoded = encode(point, self._finished_runs(point), max_bytes=self._map_max_bytes)
+        commit = Commit(point, encoded.text, encoded.left_out)
+        self._encoded = (self._version, point, commit)
+        return commit
+
+    def _finished_runs(self, point: int) -> Iterator[Run]:
+        """Finished offsets above ``point`` as runs: tracked ones, then restored ones."""
+        finished = self._finished
+        floor = point if self._last is None else max(point, self._last + 1)
+        return as_runs((o for o in self._window if o in finished), self._restored, floor=floor)
+
+    @property
+    def map_left_out(self) -> int:
+        """Finished offsets above the commit point that the last committed map left out."""
+        return self._left_out
+
+    def mark_committed(self, offset: int, metadata: str = "", *, left_out: int = 0) -> None:
         """Record that ``offset`` is committed; an offset below an earlier mark is ignored.
 
         Any offset is accepted (a commit made for an earlier generation of the partition may
@@ -115,12 +224,29 @@ class PartitionOffsets:
         """
         if offset < 0:
             raise ValueError(f"offset must be >= 0, not {offset}")
-        if self._committed is not None and offset <= self._committed:
+        if self._committed is not None and offset < self._committed:
+            return
+        self._committed_metadata = metadata
+        self._left_out = left_out
+        if self._committed is not None and offset == self._committed:
             return
         self._committed = offset
         passed = self._passed
         while passed and passed[0] < offset:
             passed.popleft()
+
+    @property
+    def last_tracked(self) -> int | None:
+        """The highest offset tracked so far, or None."""
+        return self._last
+
+    def oldest_unfinished_age(self) -> float:
+        """Seconds since the oldest unfinished offset was tracked; 0 when none is unfinished."""
+        window = self._window
+        if not window:
+            return 0.0
+        # The head of the window is always unfinished: finishing it advances the window.
+        return max(self._clock() - self._since[window[0]], 0.0)
 
     @property
     def committed(self) -> int | None:
@@ -178,8 +304,13 @@ class PartitionOffsets:
 class OffsetTracker:
     """The current generation of every assigned partition."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, map_max_bytes: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+        # Bound of each partition's offset map in commit metadata; 0: no maps.
+        self._map_max_bytes = map_max_bytes
 
     def assign(self, tps: Iterable[TopicPartition]) -> None:
         """Start a new generation for each partition.
@@ -191,7 +322,9 @@ class OffsetTracker:
             old = self._partitions.get(tp)
             if old is not None:
                 old.revoked = True
-            self._partitions[tp] = PartitionOffsets(tp)
+            self._partitions[tp] = PartitionOffsets(
+                tp, map_max_bytes=self._map_max_bytes, clock=self._clock
+            )
 
     def revoke(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, PartitionOffsets]:
         """Remove the partitions and return their generations, marked revoked.
@@ -210,21 +343,40 @@ class OffsetTracker:
         """The current generation of ``tp``; KeyError when it is not assigned."""
         return self._partitions[tp]
 
-    def to_commit(self) -> dict[TopicPartition, int]:
-        """The commit point of each partition whose commit point moved since its last commit."""
-        offsets: dict[TopicPartition, int] = {}
-        for tp, state in self._partitions.items():
-            offset = state.to_commit()
-            if offset is not None:
-                offsets[tp] = offset
-        return offsets
+    @property
+    def map_left_out(self) -> int:
+        """Finished offsets the last committed offset maps left out, over every partition."""
+        return sum(state.map_left_out for state in self._partitions.values())
 
-    def mark_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Record committed offsets; partitions no longer assigned are ignored."""
-        for tp, offset in offsets.items():
+    @property
+    def maps_enabled(self) -> bool:
+        """Whether offset maps are written to commits and read back on assignment."""
+        return self._map_max_bytes > 0
+
+    def restore(self, maps: Mapping[TopicPartition, OffsetMap]) -> dict[TopicPartition, int]:
+        """Hand each assigned partition its last commit's map; returns the offsets taken."""
+        taken: dict[TopicPartition, int] = {}
+        for tp, offset_map in maps.items():
             state = self._partitions.get(tp)
             if state is not None:
-                state.mark_committed(offset)
+                taken[tp] = state.restore(offset_map)
+        return taken
+
+    def to_commit(self) -> dict[TopicPartition, Commit]:
+        """Each partition whose commit point or offset map changed since its last commit."""
+        commits: dict[TopicPartition, Commit] = {}
+        for tp, state in self._partitions.items():
+            commit = state.to_commit()
+            if commit is not None:
+                commits[tp] = commit
+        return commits
+
+    def mark_committed(self, commits: Mapping[TopicPartition, Commit]) -> None:
+        """Record what was committed; partitions no longer assigned are ignored."""
+        for tp, commit in commits.items():
+            state = self._partitions.get(tp)
+            if state is not None:
+                state.mark_committed(commit.offset, commit.metadata, left_out=commit.left_out)
 
     @property
     def pending(self) -> int:

@@ -1,8 +1,13 @@
-"""The consumer loop: admit records under backpressure, run them on the pool, commit safely.
+"""The consumer loop: admit records under backpressure, hand them to workers, commit safely.
 
 Every record is tracked before it is handed to a worker and finished only when its outcome is
-final, so the committed offset of a partition never passes a request that is still pending —
-whether it is queued, being sent, waiting for a retry, or waiting for the dead-letter topic.
+final (``lifecycle.py`` owns that part), so the committed offset of a partition never passes a
+request that is still pending, whether it is queued, being sent, waiting for a retry, parked
+for the relay, or waiting for the dead-letter topic.
+
+No call to Kafka can hold the loop: periodic commits run beside admission, one at a time, and
+the adapter bounds every call; the drain ends at the shutdown timeout and reports what its final
+commit could not write.
 """
 
 from __future__ import annotations
@@ -16,16 +21,15 @@ from typing import Protocol
 
 import structlog
 
-from .circuit import CircuitBreaker, CircuitState
 from .errors import RetriableError
-from .handler import Delivery, Parked, RequestHandler, RetryIn, Step
 from .health import Health
+from .lifecycle import Lifecycle, Request
 from .metrics import Metrics
-from .models import InboundRecord, Outcome
-from .offsets import OffsetTracker, PartitionOffsets, TopicPartition
-from .pool import CURRENT_WORKER, Job, JobStatus, WorkerPool
+from .models import InboundRecord
+from .offsets import Commit, OffsetTracker, PartitionOffsets, TopicPartition, Tracked
+from .pool import WorkerPool
+from .relay import Relay
 from .retry import Backoff
-from .scheduler import DelayQueue
 from .watchdog import Watchdog
 
 log = structlog.get_logger(__name__)
@@ -36,12 +40,13 @@ _IDLE_WAIT = 1.0
 
 
 class RequestSource(Protocol):
-    """What the loop needs from the Kafka consumer adapter."""
+    """What the loop needs from the Kafka consumer adapter; every call is bounded there."""
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]: ...
     def pause_all(self) -> None: ...
     def resume_all(self) -> None: ...
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    async def commit(self, commits: Mapping[TopicPartition, Commit]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,27 +61,26 @@ class PipelineSettings:
 
 
 class Pipeline:
-    """Owns the admission loop, offset bookkeeping and commits for one consumer."""
+    """Owns the admission loop, the offset tracker's generations and commits for one consumer."""
 
     def __init__(
         self,
         *,
-        handler: RequestHandler,
+        lifecycle: Lifecycle,
         pool: WorkerPool,
-        delays: DelayQueue,
         tracker: OffsetTracker,
         metrics: Metrics,
         health: Health,
+        relay: Relay,
         settings: PipelineSettings,
-        circuit: CircuitBreaker | None = None,
         watchdog: Watchdog | None = None,
     ) -> None:
-        self._handler = handler
+        self._lifecycle = lifecycle
         self._pool = pool
-        self._delays = delays
         self._tracker = tracker
         self._metrics = metrics
         self._health = health
+        self._relay = relay
         self._settings = settings
         self._source: RequestSource | None = None
         self._paused = False
@@ -87,39 +91,45 @@ class Pipeline:
         # wait one loop iteration later).
         self._progress = asyncio.Event()
         self._fetch_backoff = Backoff(initial=0.2, ceiling=5.0)
-        # Jobs held while the relay circuit is open; handed back to the pool when it closes.
-        self._circuit = circuit
-        self._parked: list[Job] = []
-        if circuit is not None:
-            circuit.subscribe(self._on_circuit)
         self._watchdog = watchdog if watchdog is not None else Watchdog(0)
         # Generations being revoked: their new records are not admitted while they finish.
         self._revoking: set[PartitionOffsets] = set()
+        # One commit at a time (periodic, revocation, final), and the periodic one in flight.
+        self._commit_lock = asyncio.Lock()
+        self._committing: asyncio.Task[bool] | None = None
+        # A request started or finished, or the circuit changed: room may have appeared.
+        lifecycle.subscribe(self._progress.set)
+        relay.subscribe(lambda _state: self._progress.set())
 
-    @property
-    def parked(self) -> int:
-        """Requests held because the relay circuit is open."""
-        return len(self._parked)
+    async def run(self, source: RequestSource, stop: asyncio.Event) -> bool:
+        """Consume until ``stop`` is set, then drain within the shutdown timeout and commit.
 
-    async def run(self, source: RequestSource, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then drain within the shutdown timeout and commit."""
+        Returns False when the final commit failed (what it held is redelivered).
+        """
         self._source = source
         next_commit = time.monotonic() + self._settings.commit_interval
         failures = 0
-        while not stop.is_set():
-            self._watch()
-            try:
-                await self._admit(source)
-                failures = 0
-            except RetriableError as exc:
-                failures += 1
-                delay = self._fetch_backoff.delay(failures)
-                log.warning("fetch_failed", error=str(exc), retry_in=delay)
-                await _wait(stop, delay)
-            if time.monotonic() >= next_commit:
-                await self.commit()
-                next_commit = time.monotonic() + self._settings.commit_interval
-        await self._drain(source)
+        try:
+            while not stop.is_set():
+                self._watch()
+                try:
+                    await self._admit(source)
+                    failures = 0
+                except Exception as exc:  # the loop must outlive any failure: it owns commits
+                    failures += 1
+                    delay = self._fetch_backoff.delay(failures)
+                    if isinstance(exc, RetriableError):
+                        log.warning("fetch_failed", error=str(exc), retry_in=delay)
+                    else:
+                        self._metrics.unexpected_errors.inc()
+                        log.error("admission_failed", exc_info=exc, retry_in=delay)
+                    await _wait(stop, delay)
+                if time.monotonic() >= next_commit:
+                    self._commit_in_background()
+                    next_commit = time.monotonic() + self._settings.commit_interval
+            return await self._drain(source)
+        finally:
+            await self._settle_commit()
 
     async def on_assigned(self, partitions: list[TopicPartition]) -> None:
         self._tracker.assign(partitions)
@@ -132,16 +142,31 @@ class Pipeline:
         The wait is bounded by the revocation timeout; requests waiting for a retry, and any
         still unfinished when the bound passes, are left to the new owner (it reads them again
         from the commit point). Their jobs then find their generation revoked and stop.
+        Whatever fails here, the partitions are let go: a tracker holding a partition the
+        consumer no longer owns would make every later commit fail.
         """
         if not partitions:
             return  # aiokafka reports an empty revocation before the first assignment
         lost_tps = set(partitions)
         states = [state for state in self._tracker.states() if state.tp in lost_tps]
-        timed_out = await self._finish_revoked(states)
-        await self.commit()
-        lost = self._tracker.revoke(partitions)
-        retry_waiting = sum(state.parked for state in lost.values())
-        unfinished = sum(state.waiting for state in lost.values())
+        # From here on, records fetched for these partitions join no generation.
+        self._revoking.update(states)
+        timed_out = False
+        try:
+            timed_out = await self._finish_revoked(states)
+            offsets = {state.tp: o for state in states if (o := state.to_commit()) is not None}
+            # Let go before the commit's await, so nothing fetched meanwhile joins them.
+            self._tracker.revoke(partitions)
+            if offsets:
+                await self._commit_offsets(offsets)
+        except Exception as exc:  # a rebalance callback must not fail: aiokafka would stall
+            self._metrics.unexpected_errors.inc()
+            log.error("revocation_failed", exc_info=exc, partitions=_names(partitions))
+        finally:
+            self._tracker.revoke(partitions)
+            self._revoking.difference_update(states)
+        retry_waiting = sum(state.parked for state in states)
+        unfinished = sum(state.waiting for state in states)
         self._metrics.revocations.labels("timed_out" if timed_out else "complete").inc()
         self._metrics.revoked_released.labels("retry_waiting").inc(retry_waiting)
         self._metrics.revoked_released.labels("unfinished").inc(unfinished)
@@ -161,56 +186,89 @@ class Pipeline:
 
         if timeout <= 0 or waiting() == 0:
             return waiting() > 0
-        self._revoking.update(states)
         log.info("revocation_finishing", waiting=waiting(), timeout=timeout)
         deadline = time.monotonic() + timeout
-        try:
-            while True:
-                # Cleared before looking, with no await in between: a finish is never missed.
-                self._progress.clear()
-                left = waiting()
-                now = time.monotonic()
-                if left == 0 or now >= deadline:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(deadline - now):
-                        await self._progress.wait()
-        finally:
-            self._revoking.difference_update(states)
+        while True:
+            # Cleared before looking, with no await in between: a finish is never missed.
+            self._progress.clear()
+            left = waiting()
+            now = time.monotonic()
+            if left == 0 or now >= deadline:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - now):
+                    await self._progress.wait()
         if left:
             log.warning("revocation_timed_out", unfinished=left, timeout=timeout)
         return left > 0
 
-    async def commit(self) -> None:
-        """Commit every partition whose safe point moved; failures are retried next time."""
-        source = self._source
+    async def commit(self) -> bool:
+        """Commit every partition whose safe point moved; False if that failed (retried later)."""
         offsets = self._tracker.to_commit()
-        if source is None or not offsets:
-            return
-        try:
-            await source.commit(offsets)
-        except RetriableError as exc:
-            self._metrics.commit_failures.inc()
-            log.warning("commit_failed", error=str(exc))
-            return
+        if self._source is None or not offsets:
+            return True
+        return await self._commit_offsets(offsets)
+
+    async def _commit_offsets(self, offsets: Mapping[TopicPartition, Commit]) -> bool:
+        source = self._source
+        if source is None:
+            return False
+        async with self._commit_lock:
+            offsets = self._owned(source, offsets)
+            if not offsets:
+                return True
+            try:
+                await source.commit(offsets)
+            except RetriableError as exc:
+                self._metrics.commit_failures.inc()
+                log.warning("commit_failed", error=str(exc), offsets=_offsets(offsets))
+                return False
         self._tracker.mark_committed(offsets)
         self._metrics.commits.inc()
-        log.debug(
-            "offsets_committed",
-            offsets={f"{tp.topic}-{tp.partition}": o for tp, o in offsets.items()},
-        )
+        log.debug("offsets_committed", offsets=_offsets(offsets))
+        return True
 
-    def _on_circuit(self, state: CircuitState) -> None:
-        if state is CircuitState.CLOSED:
-            parked, self._parked = self._parked, []
-            for job in parked:
-                self._delays.schedule(0, job)
-        # Wake the admission loop (resume) or a drain (parked work can finish now).
-        self._progress.set()
+    def _owned(
+        self, source: RequestSource, offsets: Mapping[TopicPartition, Commit]
+    ) -> dict[TopicPartition, Commit]:
+        """The offsets of partitions the consumer still owns; lets go of any others."""
+        assigned = source.assignment()
+        stray = [tp for tp in offsets if tp not in assigned]
+        if stray:
+            # Only after a failed revocation or a lost group membership: keeping them would make
+            # every commit fail. Their unfinished requests belong to the new owner.
+            self._tracker.revoke(stray)
+            self._metrics.partition_resets.labels("not_assigned").inc(len(stray))
+            log.warning("partitions_dropped_not_assigned", partitions=_names(stray))
+        return {tp: offset for tp, offset in offsets.items() if tp in assigned}
+
+    def _commit_in_background(self) -> None:
+        """Start a periodic commit unless one is still in flight; admission does not wait."""
+        task = self._committing
+        if task is not None:
+            if not task.done():
+                return
+            self._reap(task)
+        self._committing = asyncio.create_task(self.commit(), name="offset-commit")
+
+    def _reap(self, task: asyncio.Task[bool]) -> None:
+        """Report how a finished periodic commit ended, if it crashed (a bug)."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._metrics.commit_failures.inc()
+            log.error("commit_crashed", exc_info=error)
+
+    async def _settle_commit(self) -> None:
+        """Await the periodic commit in flight (bounded by the adapter), whatever it returns."""
+        task, self._committing = self._committing, None
+        if task is None:
+            return
+        await asyncio.wait([task])
+        self._reap(task)
 
     async def _admit(self, source: RequestSource) -> None:
         room = min(self._pool.free_slots, self._settings.max_in_flight - self._tracker.pending)
-        if self._circuit is not None and self._circuit.is_open:
+        if self._relay.circuit_open:
             room = 0  # the relay is down: take no new work, keep polling to stay in the group
         # Hysteresis: once full, wait until a real batch fits before fetching again, rather
         # than pausing and resuming every partition for each request a worker picks up.
@@ -237,97 +295,68 @@ class Pipeline:
     async def _submit(self, records: list[InboundRecord]) -> None:
         # Track the whole batch before any await: a rebalance during a submit below then
         # finds these offsets in the generation they were fetched in.
-        admitted: list[tuple[Delivery, PartitionOffsets]] = []
+        admitted: list[Request] = []
+        lifecycle = self._lifecycle
         for record in records:
-            try:
-                state = self._tracker.get(TopicPartition(record.topic, record.partition))
-            except KeyError:
-                continue  # revoked while the batch was in flight; the new owner reads it
-            if state in self._revoking:
-                continue  # being revoked: finish what we hold, the new owner reads the rest
+            state = self._generation(record)
+            if state is None:
+                continue
             if not admitted:
                 self._watch()  # the stall clock starts now if nothing was waiting before
-            state.track(record.offset)
-            admitted.append((Delivery(record), state))
-        self._metrics.consumed.inc(len(admitted))
-        for delivery, state in admitted:
-            if state.revoked:
+            if state.track(record.offset) is Tracked.FINISHED_BEFORE:
+                # The last commit's offset map lists it as finished: finished at once, unsent.
+                self._metrics.skipped_finished.inc()
+                log.debug(
+                    "email_skipped_finished",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
                 continue
-            self._prepare(delivery)
-            await self._pool.submit(self._job(delivery, state))
+            admitted.append(lifecycle.admit(record, state))
+        self._metrics.consumed.inc(len(admitted))
+        for request in admitted:
+            if request.partition.revoked:
+                continue
+            lifecycle.prepare(request)
+            await self._pool.submit(request)
             # Let workers whose relay just answered send first: preparing ahead pays only if
             # it fills the relay's think time rather than delaying the next send.
             await asyncio.sleep(0)
 
-    def _prepare(self, delivery: Delivery) -> None:
-        """Render while the request waits in the queue, so a free worker only has to send."""
-        # A bug here leaves it unprepared: the worker's step tries again and reports it.
-        with contextlib.suppress(Exception):
-            self._handler.prepare(delivery)
-
-    def _job(self, delivery: Delivery, state: PartitionOffsets) -> Job:
-        record = delivery.record
-        parked = False
-
-        async def job() -> JobStatus:
-            nonlocal parked
-            self._progress.set()
-            if parked:
-                # Its retry is due: it waits for a worker again (the stall clock starts now
-                # if nothing else was waiting).
-                self._watch()
-                state.unpark()
-                parked = False
-            if state.revoked:
-                # The partition has a new owner, which reads this record again from the last
-                # commit: sending it here too would only add a duplicate.
-                return JobStatus.OK
-            with structlog.contextvars.bound_contextvars(
-                email_id=delivery.email_id,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                worker=CURRENT_WORKER.get(None),
-            ):
-                step = await self._step(delivery)
-            if isinstance(step, RetryIn):
-                self._delays.schedule(step.seconds, job)
-                state.park()
-                parked = True
-                return JobStatus.OK
-            if isinstance(step, Parked):
-                # It waits for the circuit to close, not for a worker: a revocation does not
-                # wait for it, and the watchdog does not count it.
-                self._park(job)
-                state.park()
-                parked = True
-                return JobStatus.OK
-            state.finish(record.offset)
-            self._watchdog.progress()
-            self._progress.set()
-            return JobStatus.FAILED if step.outcome is Outcome.DEAD_LETTERED else JobStatus.OK
-
-        return job
-
-    def _park(self, job: Job) -> None:
-        if self._circuit is None or self._circuit.is_open:
-            self._parked.append(job)
-        else:  # it closed while this job was on its way here
-            self._delays.schedule(0, job)
-
-    async def _step(self, delivery: Delivery) -> Step:
+    def _generation(self, record: InboundRecord) -> PartitionOffsets | None:
+        """The generation ``record`` joins, or None when it is not ours to admit."""
+        tp = TopicPartition(record.topic, record.partition)
         try:
-            return await self._handler.process(delivery)
-        except Exception as exc:  # the task boundary: every request must reach an outcome
-            return await self._handler.recover(delivery, exc)
+            state = self._tracker.get(tp)
+        except KeyError:
+            return None  # revoked while the batch was in flight; the new owner reads it
+        if state in self._revoking:
+            return None  # being revoked: finish what we hold, the new owner reads the rest
+        last = state.last_tracked
+        if last is not None and record.offset <= last:
+            # The partition went back (an offset reset, a truncated log, a seek): what we
+            # track no longer matches what Kafka delivers. Start again from here; requests
+            # of the old generation stop at their next step.
+            self._metrics.partition_resets.labels("offset_rewound").inc()
+            log.warning(
+                "partition_offset_rewound",
+                partition=f"{tp.topic}-{tp.partition}",
+                offset=record.offset,
+                last_tracked=last,
+                abandoned=state.pending,
+            )
+            self._tracker.assign([tp])
+            state = self._tracker.get(tp)
+        return state
 
     def _watch(self) -> float:
         """Show the watchdog what waits now; returns the seconds stalled."""
         return self._watchdog.stalled(
-            waiting=self._tracker.waiting > 0, excused=self._health.circuit_open
+            waiting=self._tracker.waiting > 0, excused=self._relay.circuit_open
         )
 
-    async def _drain(self, source: RequestSource) -> None:
+    async def _drain(self, source: RequestSource) -> bool:
         self._health.draining = True
         source.pause_all()
         pending = self._tracker.pending
@@ -336,24 +365,30 @@ class Pipeline:
         deadline = now + self._settings.shutdown_timeout
         next_commit = now + self._settings.commit_interval
         while self._tracker.pending > 0 and (now := time.monotonic()) < deadline:
-            if self._circuit is not None and self._circuit.is_open and self._tracker.waiting == 0:
+            if self._relay.circuit_open and self._tracker.waiting == 0:
                 # Only work held for a relay that is down: waiting cannot finish it, and
                 # uncommitted, it is redelivered to whoever consumes these partitions next.
-                log.warning("drain_stopped_relay_down", parked=len(self._parked))
+                log.warning("drain_stopped_relay_down", parked=self._relay.parked)
                 break
             if now >= next_commit:
-                await self.commit()
+                self._commit_in_background()
                 next_commit = now + self._settings.commit_interval
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(deadline, next_commit) - now):
                     await self._progress.wait()
-        await self.commit()
+        await self._settle_commit()
+        offsets = self._tracker.to_commit()
+        committed = await self.commit()
+        if not committed:
+            # Nothing is lost: Kafka delivers these again from the last commit that landed.
+            log.error("final_commit_failed", uncommitted=_offsets(offsets))
         left = self._tracker.pending
         if left:
             log.warning("drain_timed_out", unfinished=left)
         else:
             log.info("drained")
+        return committed
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -363,3 +398,7 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 
 def _names(partitions: list[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
+
+
+def _offsets(offsets: Mapping[TopicPartition, Commit]) -> dict[str, int]:
+    return {f"{tp.topic}-{tp.partition}": commit.offset for tp, commit in offsets.items()}

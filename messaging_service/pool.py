@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
+import structlog
+
 from .lifetime import ClosedOnExit
 
-_log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class JobStatus(enum.Enum):
@@ -221,13 +222,13 @@ class WorkerPool(ClosedOnExit):
     def _panic(self, exc: BaseException) -> None:
         self._panicked += 1
         if self._on_panic is None:
-            _log.error("worker pool job raised", exc_info=exc)
+            log.error("worker_job_crashed", exc_info=exc)
             return
         try:
             self._on_panic(exc)
         except Exception:
             # A broken reporter must not take a worker down with it.
-            _log.exception("worker pool on_panic callback raised")
+            log.exception("worker_panic_handler_failed")
 
     def _wake_drainers(self, drained: bool) -> None:
         for waiter in self._drain_waiters:

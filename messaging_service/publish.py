@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -99,9 +100,12 @@ class Publisher(ClosedOnExit):
         self._started = True
 
     async def close(self) -> None:
+        """Flush and disconnect, within the call timeout (the broker may be gone)."""
         if self._started:
             self._started = False
-            await self._producer.stop()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.call_timeout_ms / 1000):
+                    await self._producer.stop()
 
     async def publish(
         self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Headers = ()

@@ -6,15 +6,16 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 
+import structlog
+
 from .lifetime import ClosedOnExit
 from .pool import Job
 
-_log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class SchedulerClosedError(RuntimeError):
@@ -127,10 +128,10 @@ class DelayQueue(ClosedOnExit):
 
     def _report(self, exc: BaseException, job: Job) -> None:
         if self._on_error is None:
-            _log.error("delay queue could not hand a job on; it is dropped", exc_info=exc)
+            log.error("delayed_job_dropped", exc_info=exc)
             return
         try:
             self._on_error(exc, job)
         except Exception:
             # A broken reporter must not stop every later job.
-            _log.exception("delay queue on_error callback raised")
+            log.exception("delayed_job_error_handler_failed")

@@ -99,6 +99,23 @@ def persistent_broker(
 
 
 @pytest.fixture
+def own_broker(
+    broker: Broker, kafka_state_root: Path, tmp_path: Path
+) -> Iterator[RestartableBroker]:
+    """A fresh broker of its own, which the test may stop for good.
+
+    An Apache Kafka beside the Apache Kafka the tests started, else an embedded Tansu (memory
+    storage), also beside an external broker.
+    """
+    if isinstance(broker, ApacheKafkaBroker):
+        with ApacheKafkaBroker(kafka_state_root / unique("own")) as kafka:
+            yield kafka
+    else:
+        with EmbeddedBroker(log_dir=tmp_path / "tansu") as tansu:
+            yield tansu
+
+
+@pytest.fixture
 def kafka_timeouts(broker: Broker) -> dict[str, int]:
     """Group timeouts for KafkaSettings/AIOKafkaConsumer that the session's broker accepts."""
     return group_timeouts(broker)

@@ -36,6 +36,19 @@ def kafka_home(environ: Mapping[str, str] | None = None) -> Path:
     return Path(value) if value else DEFAULT_KAFKA_HOME
 
 
+def missing(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why Apache Kafka cannot be started here (no script, no Java), or None when it can."""
+    home = kafka_home(environ)
+    if not (home / "kafka").is_file():
+        return (
+            f"no Apache Kafka at {home} (expected the shared distribution's 'kafka' script "
+            f"there; set {KAFKA_HOME_ENV} to its directory)"
+        )
+    if not java_found(environ):
+        return "Apache Kafka needs Java 17+: no java on PATH or JAVA_HOME"
+    return None
+
+
 def java_found(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the ``kafka`` script will find a Java (the same places it looks)."""
     env = os.environ if environ is None else environ
@@ -65,12 +78,15 @@ class ApacheKafkaBroker:
         home: Path | None = None,
         start_timeout: float = 120.0,
         stop_timeout: float = 60.0,
+        extra_config: str = "",
     ) -> None:
+        # Lines appended to server.properties; the tests use none: Apache Kafka's defaults.
         self._state_dir = state_dir  # None: a temporary directory, made on start
         self._own_state_dir = state_dir is None
         self._home = home or kafka_home()
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
+        self._extra_config = extra_config
         self._bootstrap: str | None = None
         self._running = False
 
@@ -95,13 +111,9 @@ class ApacheKafkaBroker:
     def start(self) -> None:
         if self._running:
             return
-        if not self.script.is_file():
-            raise BrokerStartError(
-                f"no Apache Kafka at {self._home} (expected the shared distribution's "
-                f"'kafka' script there; set {KAFKA_HOME_ENV} to its directory)"
-            )
-        if not java_found():
-            raise BrokerStartError("Apache Kafka needs Java 17+: no java on PATH or JAVA_HOME")
+        reason = missing({**os.environ, KAFKA_HOME_ENV: str(self._home)})
+        if reason is not None:
+            raise BrokerStartError(reason)
         if self._state_dir is None:
             self._state_dir = Path(tempfile.mkdtemp(prefix="kafka-")) / "state"
         # Once in a full run on a loaded machine, a restart's JVM printed nothing for the
@@ -184,6 +196,9 @@ class ApacheKafkaBroker:
         try:
             return subprocess.run(
                 [str(self.script), command, str(self._state_dir)],
+                # Set, not inherited: a KAFKA_EXTRA_CONFIG in the environment must not change
+                # the broker the tests run on.
+                env={**os.environ, "KAFKA_EXTRA_CONFIG": self._extra_config},
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from messaging_service.errors import DeadLetterUnavailableError, SentLogUnavailableError
 from messaging_service.models import DeadLetter, InboundRecord, OutgoingEmail, SendReport
-from messaging_service.offsets import TopicPartition
+from messaging_service.offsets import Commit, TopicPartition
 
 Script = SendReport | Exception
 
@@ -85,7 +85,16 @@ class FakeSource:
         self.fetches: list[tuple[bool, int]] = []  # (paused at the time, max_records)
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed: dict[TopicPartition, int] = {}
+        self.metadata: dict[TopicPartition, str] = {}  # the last commit's offset map
         self.exhausted = asyncio.Event()
+        # What the consumer owns: the records' partitions, unless a test takes some away.
+        self.assigned: set[TopicPartition] = {
+            TopicPartition(r.topic, r.partition) for r in records
+        } | {TopicPartition("email.requests", 0)}
+        self.commit_error: Exception | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
         self.fetches.append((self.paused, max_records))
@@ -106,12 +115,18 @@ class FakeSource:
     def resume_all(self) -> None:
         self.paused = False
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
-        for tp, offset in offsets.items():
+    async def commit(self, commits: Mapping[TopicPartition, Commit]) -> None:
+        if self.commit_error is not None:
+            raise self.commit_error
+        for tp in commits:
+            assert tp in self.assigned, f"commit of {tp}, which the consumer does not own"
+        self.commits.append({tp: commit.offset for tp, commit in commits.items()})
+        for tp, commit in commits.items():
+            offset = commit.offset
             previous = self.committed.get(tp, -1)
             assert offset >= previous, f"commit went backwards on {tp}: {previous} -> {offset}"
             self.committed[tp] = offset
+            self.metadata[tp] = commit.metadata
 
 
 def record(

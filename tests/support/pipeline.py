@@ -6,20 +6,24 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from messaging_service.circuit import CircuitBreaker
 from messaging_service.handler import RequestHandler
 from messaging_service.health import Health
+from messaging_service.lifecycle import Lifecycle
 from messaging_service.metrics import Metrics
 from messaging_service.mime import MessageBuilder
-from messaging_service.models import InboundRecord, Sender
+from messaging_service.models import DeadLetterSink, InboundRecord, Sender
+from messaging_service.offsetmap import OffsetMap
 from messaging_service.offsets import OffsetTracker, TopicPartition
 from messaging_service.pipeline import Pipeline, PipelineSettings
 from messaging_service.pool import WorkerPool
-from messaging_service.retry import RetryPolicy
-from messaging_service.scheduler import DelayQueue
+from messaging_service.relay import Relay
+from messaging_service.retry import Backoff, RetryPolicy
+from messaging_service.sentlog import SentLog
 from messaging_service.templates import TemplateRenderer
 from messaging_service.watchdog import Watchdog
 from support.fakes import FakeDeadLetters, FakeSource
@@ -30,13 +34,15 @@ TP = TopicPartition("email.requests", 0)
 @dataclass
 class Running:
     pipeline: Pipeline
+    lifecycle: Lifecycle
+    relay: Relay
     pool: WorkerPool
     tracker: OffsetTracker
     metrics: Metrics
     source: FakeSource
-    dead_letters: FakeDeadLetters
+    dead_letters: Any
     stop: asyncio.Event
-    task: asyncio.Task[None]
+    task: asyncio.Task[bool]
 
 
 @asynccontextmanager
@@ -54,17 +60,24 @@ async def running(
     watchdog: Watchdog | None = None,
     circuit: CircuitBreaker | None = None,
     renderer: TemplateRenderer | None = None,
+    dead_letters: FakeDeadLetters | DeadLetterSink | None = None,
+    sent_log: SentLog | None = None,
+    source: FakeSource | None = None,
+    offset_map: OffsetMap | None = None,
+    map_max_bytes: int = 0,
 ) -> AsyncIterator[Running]:
-    """The pipeline consuming ``records`` from partition ``TP``; stopped and awaited on exit."""
-    source = FakeSource(records)
-    tracker = OffsetTracker()
-    health = Health()
+    """The pipeline consuming ``records`` from partition ``TP``; stopped and awaited on exit.
+
+    ``offset_map`` is handed to the tracker as if read from the last commit on assignment.
+    """
+    source = source if source is not None else FakeSource(records)
+    tracker = OffsetTracker(map_max_bytes=map_max_bytes or (4096 if offset_map else 0))
+    relay = Relay(circuit)
+    health = Health(relay=relay)
     metrics = Metrics(CollectorRegistry())
-    dead_letters = FakeDeadLetters()
-    async with (
-        WorkerPool(size=workers, capacity=buffer) as pool,
-        DelayQueue(pool.submit) as delays,
-    ):
+    dead_letters = dead_letters if dead_letters is not None else FakeDeadLetters()
+    watchdog = watchdog if watchdog is not None else Watchdog(0)
+    async with WorkerPool(size=workers, capacity=buffer) as pool:
         handler = RequestHandler(
             renderer=renderer or TemplateRenderer(),
             builder=MessageBuilder("shop@example.com"),
@@ -73,12 +86,22 @@ async def running(
             policy=RetryPolicy(max_retries=3, delays=(retry_delay,)),
             metrics=metrics,
             health=health,
-            circuit=circuit,
+            relay=relay,
+            sent_log=sent_log,
+        )
+        lifecycle = Lifecycle(
+            handler=handler,
+            submit=pool.submit,
+            relay=relay,
+            metrics=metrics,
+            watchdog=watchdog,
+            # Recovering from a bug is retried on this backoff: short, so tests see it.
+            backoff=Backoff(initial=0.01, ceiling=0.05),
         )
         pipeline = Pipeline(
-            handler=handler,
+            lifecycle=lifecycle,
             pool=pool,
-            delays=delays,
+            relay=relay,
             tracker=tracker,
             metrics=metrics,
             health=health,
@@ -89,14 +112,27 @@ async def running(
                 refill=refill,
                 revocation_timeout=revocation_timeout,
             ),
-            circuit=circuit,
             watchdog=watchdog,
         )
-        await pipeline.on_assigned([TP])
-        stop = asyncio.Event()
-        task = asyncio.create_task(pipeline.run(source, stop))
-        try:
-            yield Running(pipeline, pool, tracker, metrics, source, dead_letters, stop, task)
-        finally:
-            stop.set()
-            await task
+        async with lifecycle:
+            await pipeline.on_assigned([TP])
+            if offset_map is not None:
+                tracker.restore({TP: offset_map})
+            stop = asyncio.Event()
+            task = asyncio.create_task(pipeline.run(source, stop))
+            try:
+                yield Running(
+                    pipeline,
+                    lifecycle,
+                    relay,
+                    pool,
+                    tracker,
+                    metrics,
+                    source,
+                    dead_letters,
+                    stop,
+                    task,
+                )
+            finally:
+                stop.set()
+                await task

@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
-from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from messaging_service import app
 from messaging_service.circuit import CircuitBreaker, CircuitState
 from messaging_service.errors import SmtpTransientError, SmtpUnavailableError
 from messaging_service.handler import Delivery, Finished, Parked, RequestHandler, RetryIn
@@ -20,8 +18,8 @@ from messaging_service.metrics import Metrics
 from messaging_service.mime import MessageBuilder
 from messaging_service.models import InboundRecord, Outcome, OutgoingEmail, SendReport
 from messaging_service.ratelimit import SendRateLimiter
+from messaging_service.relay import Relay as RelayState
 from messaging_service.retry import RetryPolicy
-from messaging_service.smtp import SmtpSender
 from messaging_service.templates import TemplateRenderer
 from messaging_service.throttle import AdaptiveRate
 from support.fakes import FakeDeadLetters, FakeSender, record
@@ -62,8 +60,9 @@ class Harness:
         self.sender = sender
         self.dead_letters = FakeDeadLetters()
         self.registry = CollectorRegistry()
-        self.health = Health()
         self.circuit = CircuitBreaker(threshold=threshold)
+        self.relay = RelayState(self.circuit)
+        self.health = Health(relay=self.relay)
         self.limiter = SendRateLimiter(AdaptiveRate(rate))
         self.handler = RequestHandler(
             renderer=TemplateRenderer(),
@@ -73,7 +72,7 @@ class Harness:
             policy=RetryPolicy(max_retries=3, delays=(1, 5, 10)),
             metrics=Metrics(self.registry),
             health=self.health,
-            circuit=self.circuit,
+            relay=self.relay,
             limiter=self.limiter,
         )
 
@@ -91,7 +90,7 @@ async def test_an_outage_parks_requests_without_spending_their_attempts() -> Non
     assert await harness.handler.process(second) == Parked()  # the second opens the circuit
     assert second.attempts == 0
     assert harness.circuit.is_open
-    assert not harness.health.smtp_reachable
+    assert not harness.relay.reachable
 
     assert await harness.handler.process(first) == Parked()  # open: the relay is not tried
     assert harness.sender.attempts == 2
@@ -135,7 +134,7 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
-class Relay:
+class DownRelay:
     """A sender whose relay is down until ``up`` is set."""
 
     def __init__(self) -> None:
@@ -153,13 +152,13 @@ class Relay:
 
 
 async def test_pipeline_pauses_during_an_outage_and_sends_everything_after_it() -> None:
-    relay = Relay()
+    relay = DownRelay()
     circuit = CircuitBreaker(threshold=3)
     records = [request(n) for n in range(30)]
     async with running(relay, records, buffer=4, retry_delay=0.01, circuit=circuit) as run:
-        source, pipeline = run.source, run.pipeline
+        source = run.source
         async with asyncio.timeout(20):
-            await wait_until(lambda: circuit.is_open and pipeline.parked > 0 and source.paused)
+            await wait_until(lambda: circuit.is_open and run.relay.parked > 0 and source.paused)
             tries = relay.tries
             for _ in range(20):  # open: nothing reaches the relay, nothing is admitted
                 await asyncio.sleep(0.01)
@@ -191,19 +190,56 @@ async def test_prober_survives_an_unexpected_error_and_still_closes_the_circuit(
     circuit.record_failure()
     closed = asyncio.Event()
     circuit.subscribe(lambda state: closed.set() if state is CircuitState.CLOSED else None)
-    health = Health()
+    relay = RelayState(circuit)
     sender = _FlakyProbe()
-    task = asyncio.create_task(
-        app._watch_relay(cast(SmtpSender, sender), circuit, health, interval=0.01)
-    )
+    task = asyncio.create_task(relay.watch(sender.probe, interval=0.01))
     waiter = asyncio.create_task(closed.wait())
     try:
         await asyncio.wait([task, waiter], timeout=30, return_when=asyncio.FIRST_COMPLETED)
         assert not task.done(), task.exception()
         assert not circuit.is_open
-        assert health.smtp_reachable
+        assert relay.reachable
     finally:
         for pending in (task, waiter):
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await pending
+
+
+async def test_prober_survives_a_listener_that_raises_when_the_circuit_closes() -> None:
+    """Defect: an exception after a successful probe (closing the circuit notifies listeners)
+    ended the prober; the circuit then never closed again and /healthz stayed 200."""
+    circuit = CircuitBreaker(threshold=1)
+    relay = RelayState(circuit)
+    relay.on_release(lambda job: None)
+    calls = 0
+
+    def flaky_listener(state: CircuitState) -> None:
+        nonlocal calls
+        if state is CircuitState.CLOSED:
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug in a listener")
+
+    relay.subscribe(flaky_listener)
+    probes = 0
+
+    async def probe() -> None:
+        nonlocal probes
+        probes += 1
+
+    circuit.record_failure()
+    task = asyncio.create_task(relay.watch(probe, interval=0.01))
+    try:
+        async with asyncio.timeout(30):
+            await wait_until(lambda: calls == 1)
+            circuit.record_success()
+            relay.unreachable()  # a second outage: only a live prober can end it
+            assert circuit.is_open
+            await wait_until(lambda: not circuit.is_open)
+        assert not task.done()
+        assert calls == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -71,7 +71,7 @@ async def test_sent_on_first_attempt() -> None:
     assert b"X-Email-Id: w-1" in email.message
     assert harness.metric("email_sent_total") == 1
     assert harness.metric("email_end_to_end_duration_seconds_count", outcome="sent") == 1
-    assert harness.health.smtp_reachable
+    assert harness.health.relay.reachable
 
 
 async def test_transient_failure_then_success_waits_one_second() -> None:
@@ -95,7 +95,7 @@ async def test_retries_exhausted_after_one_five_ten_seconds() -> None:
     assert letter.attempts == 4
     assert letter.smtp_code is None
     assert letter.email_id == "w-1"
-    assert not harness.health.smtp_reachable
+    assert not harness.health.relay.reachable
     assert harness.metric("email_dead_letters_total", reason="retries_exhausted") == 1
 
 

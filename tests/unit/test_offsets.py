@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from messaging_service.offsets import OffsetTracker, PartitionOffsets, TopicPartition
+from messaging_service.offsetmap import OffsetMap, decode
+from messaging_service.offsets import (
+    Commit,
+    OffsetTracker,
+    PartitionOffsets,
+    TopicPartition,
+    Tracked,
+)
 
 TP = TopicPartition("emails", 0)
 OTHER = TopicPartition("emails", 1)
@@ -66,13 +73,13 @@ def test_gaps_in_offsets_are_skipped() -> None:
 
 def test_to_commit_only_when_the_commit_point_moved() -> None:
     state = tracked(5, 6, 7)
-    assert state.to_commit() == 5  # never committed: the first commit is worth making
+    assert state.to_commit() == Commit(5)  # never committed: the first commit is worth making
     state.mark_committed(5)
     assert state.to_commit() is None
     state.finish(6)
     assert state.to_commit() is None  # 5 still holds the point
     state.finish(5)
-    assert state.to_commit() == 7
+    assert state.to_commit() == Commit(7)
     state.mark_committed(7)
     assert state.committed == 7
     assert state.to_commit() is None
@@ -98,7 +105,7 @@ def test_a_mark_past_the_commit_point_holds_to_commit_back_until_passed() -> Non
     state.finish(101)
     assert state.finished_uncommitted == 1
     state.finish(100)
-    assert state.to_commit() == 102
+    assert state.to_commit() == Commit(102)
     assert state.finished_uncommitted == 2
 
 
@@ -221,7 +228,8 @@ class PartitionMachine(RuleBasedStateMachine):
 
     @rule()
     def commit(self) -> None:
-        offset = self.state.to_commit()
+        commit = self.state.to_commit()
+        offset = None if commit is None else commit.offset
         assert offset == self._expected_to_commit()
         if offset is not None:
             self.state.mark_committed(offset)
@@ -307,11 +315,11 @@ def test_tracker_to_commit_lists_only_partitions_whose_point_moved() -> None:
     tracker.get(TP).track(0)
     tracker.get(OTHER).track(10)
     tracker.get(OTHER).track(11)
-    assert tracker.to_commit() == {TP: 0, OTHER: 10}
-    tracker.mark_committed({TP: 0, OTHER: 10})
+    assert tracker.to_commit() == {TP: Commit(0), OTHER: Commit(10)}
+    tracker.mark_committed({TP: Commit(0), OTHER: Commit(10)})
     assert tracker.to_commit() == {}
     tracker.get(OTHER).finish(10)
-    assert tracker.to_commit() == {OTHER: 11}
+    assert tracker.to_commit() == {OTHER: Commit(11)}
 
 
 def test_mark_committed_ignores_partitions_no_longer_assigned() -> None:
@@ -321,12 +329,12 @@ def test_mark_committed_ignores_partitions_no_longer_assigned() -> None:
     old.track(0)
     old.finish(0)
     offsets = tracker.to_commit()
-    assert offsets == {TP: 1}
+    assert offsets == {TP: Commit(1)}
     tracker.revoke([TP])
     tracker.mark_committed(offsets)
     assert old.committed is None
     assert tracker.partitions() == [OTHER]
-    tracker.mark_committed({TopicPartition("elsewhere", 3): 5})
+    tracker.mark_committed({TopicPartition("elsewhere", 3): Commit(5)})
 
 
 def test_tracker_counts_add_up_over_partitions() -> None:
@@ -377,3 +385,149 @@ def test_topic_partition_has_aiokafka_shape() -> None:
     tp = TopicPartition(topic="t", partition=2)
     assert tp == ("t", 2)
     assert (tp.topic, tp.partition) == ("t", 2)
+
+
+# --- offset maps -------------------------------------------------------------------------
+
+
+def mapped(*offsets: int, max_bytes: int = 4096) -> PartitionOffsets:
+    state = PartitionOffsets(TP, map_max_bytes=max_bytes)
+    for offset in offsets:
+        state.track(offset)
+    return state
+
+
+def map_of(commit: Commit | None) -> set[int]:
+    assert commit is not None
+    found = decode(commit.metadata, committed=commit.offset)
+    assert isinstance(found, OffsetMap), found
+    return {o for start, stop in found.runs for o in range(start, stop)}
+
+
+def test_without_maps_commits_carry_no_metadata() -> None:
+    state = tracked(0, 1, 2)
+    state.finish(1)
+    assert state.to_commit() == Commit(0)
+    assert state.restore(OffsetMap(0, ((1, 3),))) == 0
+    assert state.track(3) is Tracked.NEW
+
+
+def test_the_map_lists_the_finished_offsets_above_the_commit_point() -> None:
+    state = mapped(*range(10))
+    for offset in (2, 3, 5, 9):
+        state.finish(offset)
+    commit = state.to_commit()
+    assert commit is not None
+    assert commit.offset == 0
+    assert map_of(commit) == {2, 3, 5, 9}
+
+
+def test_a_changed_map_is_worth_a_commit_even_when_the_point_stays() -> None:
+    state = mapped(0, 1, 2)
+    commit = state.to_commit()
+    assert commit == Commit(0)  # nothing finished above it: no metadata
+    state.mark_committed(commit.offset, commit.metadata)
+    assert state.to_commit() is None
+    state.finish(2)
+    commit = state.to_commit()
+    assert commit is not None
+    assert commit.offset == 0
+    assert map_of(commit) == {2}
+    state.mark_committed(commit.offset, commit.metadata)
+    assert state.to_commit() is None
+
+
+def test_restored_offsets_are_finished_when_fetched_again() -> None:
+    state = PartitionOffsets(TP, map_max_bytes=4096)
+    assert state.restore(OffsetMap(5, ((7, 9), (12, 13)))) == 3
+    assert [state.track(o) for o in range(5, 10)] == [
+        Tracked.NEW,
+        Tracked.NEW,
+        Tracked.FINISHED_BEFORE,
+        Tracked.FINISHED_BEFORE,
+        Tracked.NEW,
+    ]
+    assert state.pending == 3
+    state.finish(5)
+    state.finish(6)
+    assert state.commit_point() == 9
+
+
+def test_restored_offsets_stay_in_the_map_until_the_commit_point_passes_them() -> None:
+    state = PartitionOffsets(TP, map_max_bytes=4096)
+    state.restore(OffsetMap(5, ((7, 9), (12, 13))))
+    state.track(5)
+    commit = state.to_commit()
+    assert commit is not None
+    assert commit.offset == 5
+    assert map_of(commit) == {7, 8, 12}  # 7, 8 and 12 not fetched again yet
+    state.finish(5)
+    for offset in range(6, 12):
+        state.track(offset)
+    state.finish(6)
+    commit = state.to_commit()
+    assert commit is not None
+    assert commit.offset == 9
+    assert map_of(commit) == {12}
+    for offset in range(9, 12):
+        state.finish(offset)
+    assert state.track(12) is Tracked.FINISHED_BEFORE
+    assert state.to_commit() == Commit(13)
+
+
+def test_a_map_arriving_after_records_were_tracked_leaves_them_to_be_worked_on() -> None:
+    state = mapped(5, 6, 7)
+    assert state.restore(OffsetMap(5, ((6, 10),))) == 2  # 8 and 9; 6 and 7 are being worked on
+    assert state.pending == 3
+    assert state.track(8) is Tracked.FINISHED_BEFORE
+
+
+def test_left_out_offsets_are_counted_in_the_commit_and_after_it() -> None:
+    state = mapped(*range(3000), max_bytes=40)
+    for offset in range(1, 3000, 2):
+        state.finish(offset)
+    commit = state.to_commit()
+    assert commit is not None
+    assert len(commit.metadata) <= 40
+    assert commit.left_out > 0
+    assert len(map_of(commit)) + commit.left_out == 1500
+    tracker = OffsetTracker(map_max_bytes=40)
+    tracker.assign([TP])
+    tracker.get(TP).track(0)
+    tracker.get(TP).track(2)
+    tracker.get(TP).finish(2)
+    tracker.mark_committed({TP: Commit(0, "x", left_out=7)})
+    assert tracker.map_left_out == 7
+
+
+def test_tracker_restore_skips_partitions_not_assigned() -> None:
+    tracker = OffsetTracker(map_max_bytes=4096)
+    tracker.assign([TP])
+    taken = tracker.restore({TP: OffsetMap(0, ((1, 3),)), OTHER: OffsetMap(0, ((1, 2),))})
+    assert taken == {TP: 2}
+    assert tracker.maps_enabled
+    assert not OffsetTracker().maps_enabled
+
+
+@given(finishes=st.lists(st.integers(0, 199), max_size=200))
+def test_finished_offsets_in_commits_round_trip_through_a_restart(finishes: list[int]) -> None:
+    """Commit, 'crash', restore in a new generation: exactly the finished offsets are skipped."""
+    first = PartitionOffsets(TP, map_max_bytes=4096)
+    for offset in range(200):
+        first.track(offset)
+    for offset in finishes:
+        first.finish(offset)
+    commit = first.to_commit()
+    assert commit is not None
+    finished = set(finishes)
+    above = {o for o in finished if o > commit.offset}
+    if commit.metadata:
+        assert map_of(commit) == above
+    else:
+        assert not above
+    second = PartitionOffsets(TP, map_max_bytes=4096)
+    found = decode(commit.metadata, committed=commit.offset)
+    if isinstance(found, OffsetMap):
+        second.restore(found)
+    skipped = {o for o in range(commit.offset, 200) if second.track(o) is Tracked.FINISHED_BEFORE}
+    assert skipped == above

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from messaging_service.errors import SmtpTransientError
 from messaging_service.metrics import Metrics
 from messaging_service.models import InboundRecord, OutgoingEmail, SendReport
+from messaging_service.offsetmap import OffsetMap, decode
 from messaging_service.watchdog import Watchdog
 from support.fakes import record
 from support.pipeline import TP, running
@@ -308,3 +309,32 @@ async def test_the_watchdog_counts_requests_being_sent_but_not_those_waiting_to_
         await sender.wait_sent(lambda sent: "r-1" in sent)
         await wait_until(lambda: run.tracker.waiting == 0)
         assert alive()
+
+
+async def test_records_the_offset_map_lists_are_finished_without_being_sent() -> None:
+    sender = ScriptedSender()
+    finished_before = OffsetMap(0, ((1, 4), (6, 7)))  # 1, 2, 3 and 6 were sent before a crash
+    async with running(sender, [request(i) for i in range(10)], offset_map=finished_before) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 6)
+        await run.pipeline.commit()
+        assert run.source.committed[TP] == 10
+        assert run.metrics.skipped_finished._value.get() == 4
+    assert sorted(sender.sent) == sorted(f"r-{i}" for i in (0, 4, 5, 7, 8, 9))
+
+
+async def test_commits_carry_the_finished_offsets_above_a_request_waiting_to_retry() -> None:
+    sender = ScriptedSender()
+    sender.fail_once.add("r-2")
+    async with running(
+        sender,
+        [request(i) for i in range(10)],
+        retry_delay=3600,
+        shutdown_timeout=0.1,
+        map_max_bytes=4096,
+    ) as run:
+        await sender.wait_sent(lambda sent: len(sent) == 9)
+        await run.pipeline.commit()
+        assert run.source.committed[TP] == 2
+        found = decode(run.source.metadata[TP], committed=2)
+        assert isinstance(found, OffsetMap)
+        assert found.runs == ((3, 10),)

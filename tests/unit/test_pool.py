@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import structlog
+import structlog.testing
 
 from messaging_service.pool import (
     CURRENT_WORKER,
@@ -137,20 +138,19 @@ async def test_a_raising_job_is_reported_counted_and_the_worker_survives() -> No
     assert pool.stats().completed == 1
 
 
-async def test_a_raising_job_is_logged_when_there_is_no_on_panic(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_a_raising_job_is_logged_when_there_is_no_on_panic() -> None:
     async def bad() -> None:
         raise RuntimeError("kaput")
 
-    async with WorkerPool(size=1, capacity=1) as pool:
-        await pool.submit(bad)
-        async with asyncio.timeout(GUARD):
-            assert await pool.drain(GUARD)
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    with structlog.testing.capture_logs() as logs:
+        async with WorkerPool(size=1, capacity=1) as pool:
+            await pool.submit(bad)
+            async with asyncio.timeout(GUARD):
+                assert await pool.drain(GUARD)
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
     assert len(errors) == 1
-    assert errors[0].exc_info is not None
-    assert isinstance(errors[0].exc_info[1], RuntimeError)
+    assert errors[0]["event"] == "worker_job_crashed"
+    assert isinstance(errors[0]["exc_info"], RuntimeError)
 
 
 async def test_a_raising_on_panic_does_not_kill_the_worker() -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 
 import pytest
+import structlog
+import structlog.testing
 
 from messaging_service.pool import Job
 from messaging_service.scheduler import DelayQueue, SchedulerClosedError
@@ -220,9 +221,7 @@ async def test_a_failing_submit_is_reported_and_later_jobs_still_go() -> None:
     assert handed == [good]
 
 
-async def test_a_failing_submit_is_logged_without_on_error(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_a_failing_submit_is_logged_without_on_error() -> None:
     handed: list[Job] = []
     bad, good = _job(), _job()
     good_in = asyncio.Event()
@@ -233,15 +232,16 @@ async def test_a_failing_submit_is_logged_without_on_error(
         handed.append(job)
         good_in.set()
 
-    async with DelayQueue(submit) as queue:
-        queue.schedule(0, bad)
-        queue.schedule(0, good)
-        async with asyncio.timeout(GUARD):
-            await good_in.wait()
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    with structlog.testing.capture_logs() as logs:
+        async with DelayQueue(submit) as queue:
+            queue.schedule(0, bad)
+            queue.schedule(0, good)
+            async with asyncio.timeout(GUARD):
+                await good_in.wait()
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
     assert len(errors) == 1
-    assert errors[0].exc_info is not None
-    assert isinstance(errors[0].exc_info[1], ValueError)
+    assert errors[0]["event"] == "delayed_job_dropped"
+    assert isinstance(errors[0]["exc_info"], ValueError)
 
 
 async def test_a_broken_on_error_does_not_stop_the_queue() -> None:
