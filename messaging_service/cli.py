@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shlex
 import signal
 import sys
@@ -22,10 +23,10 @@ from .app import run_service
 from .config import ConfigError, LogLevel, Settings, environment_items, load_settings
 from .deadletters import BUCKETS, StoredDeadLetter
 from .embedded import BrokerStartError, MissingExtraError, require_extra
-from .errors import InvalidPayloadError, ServiceError, TemplateError
+from .errors import PermanentError, ServiceError, TemplateError
 from .logging import configure_logging
-from .models import guess_request_id, parse_request
-from .preview import format_rendered, render_template, write_rendered
+from .models import guess_request_id
+from .preview import check_request, format_rendered, render_template, write_rendered
 from .publish import Published, build_request, encode_request, new_request_id, publish_one
 from .replay import ReplayOptions, list_dead_letters, replay
 
@@ -109,15 +110,26 @@ async def _run(settings: Settings) -> bool:
     help="Folder where every email received is written as an .eml file.",
 )
 @click.option("--kafka-port", type=click.IntRange(1, 65535), help="Broker port [default: free].")
-@click.option("--smtp-port", type=click.IntRange(0, 65535), default=0, help="[default: free]")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=0, help="[default: free]")
+@click.option(
+    "--smtp-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Port of the mail catcher the service sends to [default: free].",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Port of the service's /metrics, /healthz and /readyz [default: free].",
+)
 @click.option("--once", is_flag=True, help="Exit once the samples reached their outcome.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=60.0,
     show_default=True,
-    help="Seconds the samples may take (with --once: then exit 1).",
+    help="Seconds the samples may take from publishing to their outcome (with --once: "
+    "then exit 1).",
 )
 @click.option(
     "--log-level",
@@ -208,7 +220,9 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
 def send(id_: str | None, key: str | None, file_: Any, no_validate: bool, **fields: Any) -> None:
     """Publish one email request to KAFKA_TOPIC and print where it went.
 
-    The request is checked as the service would check it, and refused (exit 2) if invalid.
+    The request is checked as the service would check it, and refused (exit 2) if invalid:
+    the contract and its limits, EMAIL_ALLOWED_DOMAINS, and rendering its template (an
+    unknown template or a missing variable), with the templates of EMAIL_TEMPLATES_DIR.
     """
     if file_ is not None:
         given = [f"--{name.replace('_', '-')}" for name in _BUILD_OPTIONS if fields[name]]
@@ -219,21 +233,16 @@ def send(id_: str | None, key: str | None, file_: Any, no_validate: bool, **fiel
     else:
         id_ = id_ or new_request_id()
         value = encode_request(build_request(id_=id_, **fields))
+    settings = _settings_or_exit()
     if not no_validate:
         try:
-            parse_request(value)
-        except InvalidPayloadError as exc:
+            check_request(value, settings.email)
+        except PermanentError as exc:
             raise BadInput(f"invalid request: {exc} (--no-validate publishes it anyway)") from exc
     record_key = key if key is not None else id_
-    settings = _settings_or_exit()
-    try:
-        published = asyncio.run(
-            publish_one(
-                settings.kafka, value, key=None if record_key is None else record_key.encode()
-            )
-        )
-    except ServiceError as exc:
-        raise CommandFailed(str(exc)) from exc
+    published = _run_kafka_command(
+        publish_one(settings.kafka, value, key=None if record_key is None else record_key.encode())
+    )
     click.echo(f"published id={id_ or '?'} {_where(published)}")
 
 
@@ -301,10 +310,7 @@ def dlq_list(group: str | None) -> None:
     Those an earlier `dlq replay` moved are marked [replayed]. Nothing is changed.
     """
     settings = _settings_or_exit()
-    try:
-        rows = asyncio.run(list_dead_letters(settings.kafka, group=_group(settings, group)))
-    except ServiceError as exc:
-        raise CommandFailed(str(exc)) from exc
+    rows = _run_kafka_command(list_dead_letters(settings.kafka, group=_group(settings, group)))
     for letter, replayed in rows:
         click.echo(letter.describe() + ("  [replayed]" if replayed else ""))
     replayed_count = sum(1 for _, replayed in rows if replayed)
@@ -354,16 +360,30 @@ def dlq_replay(
                 f"reason={letter.reason or '?'} -> {_where(published)}"
             )
 
-    try:
-        result = asyncio.run(replay(settings.kafka, options, on_move=report))
-    except ServiceError as exc:
-        raise CommandFailed(str(exc)) from exc
+    result = _run_kafka_command(replay(settings.kafka, options, on_move=report))
     verb = "would move" if dry_run else "moved"
     click.echo(
         f"{verb} {len(result.moved)} dead letters to {settings.kafka.topic} "
         f"(skipped: {result.filtered_out} of other reasons, "
         f"{result.already_replayed} already replayed)"
     )
+
+
+def _run_kafka_command(command: Coroutine[Any, Any, T]) -> T:
+    """Run an operator command's Kafka work; its failure is one ``Error:`` line, exit 1.
+
+    aiokafka logs its own error line for a broker it cannot reach (Python's last-resort
+    handler prints it, unformatted): the ServiceError says the same, so those are not shown.
+    """
+    library = logging.getLogger("aiokafka")
+    level = library.level
+    library.setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(command)
+    except ServiceError as exc:
+        raise CommandFailed(str(exc)) from exc
+    finally:
+        library.setLevel(level)
 
 
 def _group(settings: Settings, group: str | None) -> str:

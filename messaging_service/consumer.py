@@ -40,11 +40,15 @@ class KafkaRequestConsumer(ClosedOnExit):
         on_assigned: PartitionsCallback,
         on_revoked: PartitionsCallback,
         on_restored: RestoreCallback | None = None,
+        client: AIOKafkaConsumer | None = None,
     ) -> None:
+        """``client`` replaces the AIOKafkaConsumer built from ``settings`` (unit tests)."""
         self._settings = settings
         self._on_restored = on_restored if settings.offset_map_max_bytes else None
         self._listener = _Listener(on_assigned=on_assigned, on_revoked=on_revoked, owner=self)
-        self._consumer = AIOKafkaConsumer(**self._options(settings))
+        self._consumer = (
+            client if client is not None else AIOKafkaConsumer(**self._options(settings))
+        )
         self._started = False
         self._call_timeout = settings.call_timeout_ms / 1000
         # Clear while a new assignment's offset maps are being read: fetches wait for them,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -26,7 +27,7 @@ from .config import KafkaSettings, LogFormat, LogLevel, LogSettings, Settings, l
 from .console import Console
 from .deadletters import StoredDeadLetter
 from .embedded import HOST, TANSU_GROUP_TIMEOUTS, EmbeddedBroker
-from .errors import ServiceError
+from .errors import ServiceError, describe_error
 from .kafka_admin import create_topic
 from .logging import configure_logging
 from .models import FailureReason, Outcome
@@ -58,22 +59,39 @@ class DevOptions:
 
 @dataclass(frozen=True, slots=True)
 class Tally:
-    """Outcomes so far, as the service's own metrics count them."""
+    """Outcomes so far, from the service's own metrics and the lines already printed."""
 
     sent: int
     dead_lettered: int
     pending: int
 
     @classmethod
-    def read(cls, registry: CollectorRegistry, *, published: int) -> Tally:
+    def read(
+        cls,
+        registry: CollectorRegistry,
+        *,
+        published: int,
+        shown_sent: int = 0,
+        shown_dead_lettered: int = 0,
+    ) -> Tally:
+        """The service's counts, but never fewer than the outcomes already printed as lines.
+
+        The catcher prints an email before the service has its 250 and counts it: the status
+        line must not trail what is on the screen above it.
+        """
+
         def value(name: str, **labels: str) -> int:
             return int(registry.get_sample_value(name, labels) or 0)
 
         consumed = value("email_requests_consumed_total")
-        dead = sum(value("email_dead_letters_total", reason=r.value) for r in FailureReason)
-        # Published here but not consumed yet, plus consumed and not finished.
-        pending = max(published - consumed, 0) + value("email_in_flight_requests")
-        return cls(sent=value("email_sent_total"), dead_lettered=dead, pending=pending)
+        counted_dead = sum(value("email_dead_letters_total", reason=r.value) for r in FailureReason)
+        sent = max(value("email_sent_total"), shown_sent)
+        dead = max(counted_dead, shown_dead_lettered)
+        finished = sent + dead + value("email_duplicates_skipped_total")
+        # Every request known (published here, or consumed: also those published by hand)
+        # that has no outcome yet.
+        pending = max(published, consumed) - finished
+        return cls(sent=sent, dead_lettered=dead, pending=max(pending, 0))
 
     def describe(self) -> str:
         return f"sent {self.sent} | dead-lettered {self.dead_lettered} | pending {self.pending}"
@@ -83,25 +101,73 @@ class SamplesFailedError(ServiceError):
     """The samples did not reach their expected outcome (in time)."""
 
 
+class _Progress:
+    """The outcome lines (an email caught, a dead letter) and the status line below them."""
+
+    def __init__(self, console: Console, *, published: int, log_level: LogLevel) -> None:
+        self.console = console
+        self.registry = CollectorRegistry()
+        self.published = published
+        # At INFO or DEBUG every service event is shown, the raw dead-letter event included.
+        self._raw_events = log_level in (LogLevel.DEBUG, LogLevel.INFO)
+        self._mails = 0
+        self._dead_letters = 0
+
+    def tally(self) -> Tally:
+        return Tally.read(
+            self.registry,
+            published=self.published,
+            shown_sent=self._mails,
+            shown_dead_lettered=self._dead_letters,
+        )
+
+    def refresh(self) -> None:
+        self.console.status(self.tally().describe())
+
+    def caught(self, email: CaughtEmail) -> None:
+        to = ", ".join(email.recipients)
+        self.console.line(f"mail     to {to}: {email.subject!r} -> {_relative(email.path)}")
+        self._mails += 1
+        self.refresh()
+
+    def on_event(
+        self, logger: Any, method: str, event: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        """A structlog processor: a dead letter becomes a line like a caught email's."""
+        if event.get("event") != "email_dead_lettered":
+            return event
+        email_id = event.get("email_id") or "?"
+        self.console.line(f"dead     {email_id}: {event.get('reason')} - {event.get('error')}")
+        self._dead_letters += 1
+        self.refresh()
+        if not self._raw_events:
+            raise structlog.DropEvent
+        return event
+
+
 def run_dev(options: DevOptions, console: Console) -> DevExit:
     """Start everything, publish the samples, report; with ``once``, stop when they are done.
 
     Raises ConfigError (invalid settings), BrokerStartError or ServiceError.
     """
+    progress = _Progress(console, published=len(samples()), log_level=options.log_level)
     configure_logging(
         LogSettings(_env_file=None, level=options.log_level, format=LogFormat.CONSOLE),
         console.stream(),
+        processors=[progress.on_event],
     )
     started = time.monotonic()
     with EmbeddedBroker(port=options.kafka_port) as broker:
         console.line(f"kafka    {broker.bootstrap}  (embedded Tansu broker, in memory)")
-        return asyncio.run(_DevSession(options, console, broker.bootstrap, started).run())
+        session = _DevSession(options, progress, broker.bootstrap, started)
+        return asyncio.run(session.run())
 
 
 class _DevSession:
-    def __init__(self, options: DevOptions, console: Console, bootstrap: str, started: float):
+    def __init__(self, options: DevOptions, progress: _Progress, bootstrap: str, started: float):
         self.options = options
-        self.console = console
+        self.progress = progress
+        self.console = progress.console
         self.bootstrap = bootstrap
         self.started = started
         self.samples = samples()
@@ -110,7 +176,8 @@ class _DevSession:
     async def run(self) -> DevExit:
         self._handle_signals()
         outbox = self.options.outbox
-        async with MailCatcher(outbox, port=self.options.smtp_port, on_email=self._caught) as mail:
+        catcher = MailCatcher(outbox, port=self.options.smtp_port, on_email=self.progress.caught)
+        async with catcher as mail:
             self.console.line(f"smtp     {HOST}:{mail.port}  (mail catcher, writing to {outbox})")
             settings = dev_settings(
                 self.bootstrap,
@@ -119,11 +186,10 @@ class _DevSession:
                 log_level=self.options.log_level,
             )
             await self._create_topics(settings.kafka)
-            registry = CollectorRegistry()
-            async with _service(settings, registry) as (running, service):
+            async with _service(settings, self.progress.registry) as (running, service):
                 url = f"http://{HOST}:{running.http_port}"
                 self.console.line(f"service  {url}/metrics  /healthz  /readyz")
-                code = await self._exercise(settings, registry, service, mail)
+                code = await self._exercise(settings, service, mail)
         if not self.options.once:
             self.console.line("stopped")
         return code
@@ -133,19 +199,17 @@ class _DevSession:
             await create_topic(self.bootstrap, kafka.topic, _REQUEST_PARTITIONS)
             await create_topic(self.bootstrap, kafka.dlq_topic, 1)
         except (KafkaError, TimeoutError) as exc:
-            raise ServiceError(f"cannot create the topics: {type(exc).__name__}: {exc}") from exc
+            raise ServiceError(f"cannot create the topics: {describe_error(exc)}") from exc
         self.console.line(f"topics   {kafka.topic} ({_REQUEST_PARTITIONS}), {kafka.dlq_topic}")
 
     async def _exercise(
-        self,
-        settings: Settings,
-        registry: CollectorRegistry,
-        service: asyncio.Task[bool],
-        mail: MailCatcher,
+        self, settings: Settings, service: asyncio.Task[bool], mail: MailCatcher
     ) -> DevExit:
         published_at = time.monotonic()
+        # --timeout counts from the start of publishing: the samples' whole trip.
+        deadline = published_at + self.options.timeout
         await self._publish_samples(settings)
-        done = await self._watch(registry, service, until_done=True)
+        done = await self._watch(service, deadline=deadline)
         elapsed = time.monotonic() - published_at
         if self.interrupted.is_set():
             self.console.end_status()
@@ -154,17 +218,17 @@ class _DevSession:
             if not done:
                 self.console.line(f"the samples are not finished after {self.options.timeout:g} s")
             self._print_hints(settings)
-            await self._watch(registry, service, until_done=False)
+            await self._watch(service, deadline=None)
             self.console.end_status()
             return DevExit.OK
         self.console.end_status()
         if not done:
             raise SamplesFailedError(
                 f"the samples did not reach their outcome within {self.options.timeout:g} s "
-                f"({Tally.read(registry, published=len(self.samples)).describe()})"
+                f"({self.progress.tally().describe()})"
             )
         letters = await read_dead_letters(settings.kafka)
-        self._print_summary(registry, letters, elapsed)
+        self._print_summary(letters, elapsed)
         self._check_outcomes(mail.caught, letters)
         return DevExit.OK
 
@@ -177,24 +241,27 @@ class _DevSession:
         names = ", ".join(sample.describe() for sample in self.samples)
         self.console.line(f"samples  published {len(self.samples)}: {names}")
 
-    async def _watch(
-        self, registry: CollectorRegistry, service: asyncio.Task[bool], *, until_done: bool
-    ) -> bool:
-        """Redraw the progress until the samples are done (or forever); False on timeout."""
-        deadline = time.monotonic() + self.options.timeout
+    async def _watch(self, service: asyncio.Task[bool], *, deadline: float | None) -> bool:
+        """Redraw the progress until the samples are done by ``deadline``: False if they are not.
+
+        Without a deadline, until interrupted. The waits between looks end at the deadline, so
+        the last look is taken there, not up to a tick after it.
+        """
         while not self.interrupted.is_set():
             if service.done():
                 service.result()  # raises what stopped it
                 raise ServiceError("the service stopped unexpectedly")
-            tally = Tally.read(registry, published=len(self.samples))
+            tally = self.progress.tally()
             self.console.status(tally.describe())
-            finished = tally.sent + tally.dead_lettered >= len(self.samples)
-            if until_done and finished:
-                return True
-            if until_done and time.monotonic() > deadline:
-                return False
+            now = time.monotonic()
+            if deadline is not None:
+                if tally.sent + tally.dead_lettered >= len(self.samples):
+                    return True
+                if now >= deadline:
+                    return False
+            wait = _TICK if deadline is None else min(_TICK, deadline - now)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_TICK):
+                async with asyncio.timeout(wait):
                     await self.interrupted.wait()
         return False
 
@@ -211,10 +278,8 @@ class _DevSession:
         if wrong:
             raise SamplesFailedError("unexpected outcome: " + "; ".join(wrong))
 
-    def _print_summary(
-        self, registry: CollectorRegistry, letters: list[StoredDeadLetter], elapsed: float
-    ) -> None:
-        tally = Tally.read(registry, published=len(self.samples))
+    def _print_summary(self, letters: list[StoredDeadLetter], elapsed: float) -> None:
+        tally = self.progress.tally()
         total = time.monotonic() - self.started
         self.console.line(
             f"done: {tally.sent} sent, {len(letters)} dead-lettered, in {elapsed:.1f} s "
@@ -248,10 +313,6 @@ class _DevSession:
             "",
         ):
             self.console.line(line)
-
-    def _caught(self, email: CaughtEmail) -> None:
-        to = ", ".join(email.recipients)
-        self.console.line(f"mail     to {to}: {email.subject!r} -> {_relative(email.path)}")
 
     def _handle_signals(self) -> None:
         loop = asyncio.get_running_loop()

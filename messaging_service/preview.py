@@ -1,4 +1,4 @@
-"""Previewing a template: render it with given data, as the service would, without sending."""
+"""Previewing a template, and checking a request, as the service would, without sending."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .config import EmailSettings
 from .errors import TemplateError
-from .models import EmailRequest, RenderedEmail
+from .models import (
+    EmailRequest,
+    RenderedEmail,
+    RequestLimits,
+    check_recipient_domains,
+    parse_request,
+)
 from .templates import TemplateRenderer
 
 # The recipient does not take part in rendering; the request only needs a valid one.
@@ -20,10 +27,36 @@ def render_template(
     """Subject and bodies of template ``name``; raise TemplateError saying what went wrong."""
     renderer = TemplateRenderer(templates_dir)
     if name not in renderer.names:
-        known = ", ".join(sorted(renderer.names))
-        raise TemplateError(f"unknown template {name!r} (known: {known})")
+        raise _unknown(name, renderer)
     request = EmailRequest(id="preview", template=name, to=[_PREVIEW_RECIPIENT], data=dict(data))
     return renderer.render(request)
+
+
+def check_request(value: bytes, settings: EmailSettings) -> EmailRequest:
+    """Everything the service checks before sending, rendering included, with its settings.
+
+    Raises InvalidPayloadError, RecipientNotAllowedError or TemplateError (an unknown
+    template, a missing variable, or templates in EMAIL_TEMPLATES_DIR that do not compile):
+    the reasons the service would dead-letter the request for.
+    """
+    limits = RequestLimits(
+        max_record_bytes=settings.max_record_bytes,
+        max_recipients=settings.max_recipients,
+        max_data_depth=settings.max_data_depth,
+        max_data_bytes=settings.max_data_bytes,
+    )
+    request = parse_request(value, limits)
+    check_recipient_domains(request, settings.allowed_domains)
+    renderer = TemplateRenderer(settings.templates_dir, render_timeout=settings.render_timeout)
+    if request.template is not None and request.template not in renderer.names:
+        raise _unknown(request.template, renderer)
+    renderer.render(request)
+    return request
+
+
+def _unknown(name: str, renderer: TemplateRenderer) -> TemplateError:
+    known = ", ".join(sorted(renderer.names))
+    return TemplateError(f"unknown template {name!r} (known: {known})")
 
 
 def format_rendered(rendered: RenderedEmail) -> str:

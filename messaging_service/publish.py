@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from .config import KafkaSettings, kafka_client_options
-from .errors import ServiceError
+from .errors import ServiceError, describe_error
 from .lifetime import ClosedOnExit
 
 Headers = Sequence[tuple[str, bytes]]
@@ -95,7 +95,7 @@ class Publisher(ClosedOnExit):
             await self._producer.stop()
             raise PublishError(
                 f"cannot connect to Kafka at {self._settings.bootstrap_servers}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{describe_error(exc)}"
             ) from exc
         self._started = True
 
@@ -117,9 +117,7 @@ class Publisher(ClosedOnExit):
                     topic, value=value, key=key, headers=list(headers) or None
                 )
         except (KafkaError, TimeoutError) as exc:
-            raise PublishError(
-                f"cannot write to {topic}: {type(exc).__name__}: {exc}".rstrip(": ")
-            ) from exc
+            raise PublishError(f"cannot write to {topic}: {describe_error(exc)}") from exc
         return Published(topic=meta.topic, partition=meta.partition, offset=meta.offset)
 
 

@@ -26,7 +26,7 @@ from .deadletters import (
     StoredDeadLetter,
     replay_group,
 )
-from .errors import ServiceError
+from .errors import ServiceError, describe_error
 from .kafka_admin import topic_partitions
 from .publish import Published, Publisher
 
@@ -148,7 +148,9 @@ async def _committed(
                     for tp, meta in answer.items()
                 }
     except (KafkaError, TimeoutError) as exc:
-        raise ReplayError(f"cannot read the replay progress of {group}: {_describe(exc)}") from exc
+        raise ReplayError(
+            f"cannot read the replay progress of {group}: {describe_error(exc)}"
+        ) from exc
     finally:
         await admin.close()
     return committed
@@ -217,7 +219,7 @@ class _Reader:
                 self.partitions = await _partitions(self._settings)
         except (KafkaError, TimeoutError) as exc:
             await self._consumer.stop()
-            raise ReplayError(f"cannot read {self._topic}: {_describe(exc)}") from exc
+            raise ReplayError(f"cannot read {self._topic}: {describe_error(exc)}") from exc
         except BaseException:
             await self._consumer.stop()
             raise
@@ -237,7 +239,7 @@ class _Reader:
             async with asyncio.timeout(self._timeout):
                 await self._consumer.seek_to_beginning(tp)
         except (KafkaError, TimeoutError) as exc:
-            raise ReplayError(f"cannot read {self._topic}: {_describe(exc)}") from exc
+            raise ReplayError(f"cannot read {self._topic}: {describe_error(exc)}") from exc
 
     async def next_batch(self) -> list[StoredDeadLetter] | None:
         """The next records in offset order per partition; None once all are read.
@@ -254,7 +256,7 @@ class _Reader:
         except TimeoutError:
             raise ReplayError(f"no answer from {self._topic} within {self._timeout:g} s") from None
         except KafkaError as exc:
-            raise ReplayError(f"cannot read {self._topic}: {_describe(exc)}") from exc
+            raise ReplayError(f"cannot read {self._topic}: {describe_error(exc)}") from exc
         return None
 
     async def _caught_up(self) -> bool:
@@ -321,7 +323,7 @@ class _Committer:
         except (KafkaError, TimeoutError) as exc:
             raise ReplayError(
                 f"cannot commit the progress of {replay_group(self._group, bucket)}: "
-                f"{_describe(exc)}"
+                f"{describe_error(exc)}"
             ) from exc
 
     async def _consumer(self, bucket: str) -> AIOKafkaConsumer:
@@ -347,7 +349,3 @@ def _letter(message: Any) -> StoredDeadLetter:
         value=message.value,
         headers=tuple(message.headers or ()),
     )
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".rstrip(": ")

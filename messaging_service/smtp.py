@@ -142,6 +142,10 @@ class SmtpSender(ClosedOnExit):
         finally:
             self._slots.release()
 
+    def _is_closed(self) -> bool:
+        """Read afresh after an await: type checkers keep ``_closed`` narrowed across it."""
+        return self._closed
+
     async def _checkout(self) -> aiosmtplib.SMTP:
         if self._closed:
             raise RuntimeError("SmtpSender is closed")
@@ -153,7 +157,7 @@ class SmtpSender(ClosedOnExit):
                 return client
             client.close()
         client = await self._connect()
-        if self._closed:  # close() ran while we were connecting
+        if self._is_closed():  # close() ran while we were connecting
             client.close()
             raise RuntimeError("SmtpSender is closed")
         self._busy.add(client)

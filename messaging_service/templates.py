@@ -80,7 +80,7 @@ class _GuardedSandbox(ImmutableSandboxedEnvironment):
         _check_deadline()
         return super().getitem(obj, argument)
 
-    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja2's own signature
         _check_deadline()
         return super().call(__context, __obj, *args, **kwargs)
 

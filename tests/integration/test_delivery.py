@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -48,7 +49,7 @@ async def test_a_batch_is_delivered_with_the_right_headers_and_bodies(
         assert service.metric("email_requests_consumed_total") == 30
 
     by_id = {message.email_id: message for message in received}
-    assert sorted(by_id) == sorted(ids)
+    assert by_id.keys() == set(ids)
     sample = by_id["batch-7"]
     message = sample.message
     assert message["From"] == "Shop <shop@example.com>"
@@ -166,7 +167,7 @@ async def test_a_slow_retry_does_not_block_other_requests(
     )
     async with in_process(settings) as service:
         received = await relay.wait_for_messages(20, within=30)
-        assert sorted(message.email_id for message in received) == sorted(others)
+        assert Counter(message.email_id for message in received) == Counter(others)
         assert service.metric("email_retry_waiting") == 1
         await service.shutdown()
     # The waiting request was never finished, so nothing on its partition was committed.
@@ -204,7 +205,7 @@ async def test_injection_attempts_are_neutralised(
         "name-crlf": b"template_error",
     }
     delivered = {message.email_id: message for message in received}
-    assert sorted(delivered) == ["html-in-data"]
+    assert list(delivered) == ["html-in-data"]
     assert all("victim@example.com" not in message.rcpt_tos for message in received)
     for message in received:
         assert message.message["Bcc"] is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.policy
 import os
+import re
 import subprocess
 import sys
 from email.message import EmailMessage
@@ -24,14 +25,14 @@ pytestmark = pytest.mark.integration
 _PARSER = BytesParser(policy=email.policy.default)
 
 
-def dev_once(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def dev_once(cwd: Path, *options: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_"))
     }
     return subprocess.run(
-        [sys.executable, "-m", "messaging_service", "dev", "--once", "--outbox", "tmp"],
+        [sys.executable, "-m", "messaging_service", "dev", "--once", "--outbox", "tmp", *options],
         cwd=cwd,
         env={**clean, **env},
         capture_output=True,
@@ -61,6 +62,13 @@ def test_dev_once_delivers_every_built_in_template_and_dead_letters_one(tmp_path
         "template 'password_reset' (text): 'reset_url' is undefined"
     ) in result.stdout
     assert "\r" not in result.stdout, "no redrawing when stdout is not a terminal"
+    # A dead letter gets its own line, as a caught email does, not the service's log event.
+    assert (
+        "dead     sample-dead-letter: template_error - "
+        "template 'password_reset' (text): 'reset_url' is undefined"
+    ) in result.stdout
+    assert "email_dead_lettered" not in result.stdout
+    assert_status_never_trails_the_lines_above_it(result.stdout)
     expected = {
         sample.id: render_template(sample.request["template"], sample.request["data"]).subject
         for sample in samples()
@@ -91,3 +99,27 @@ def test_dev_once_exits_1_with_the_reason_when_a_sample_does_not_reach_its_outco
         "sample-order-confirmation",
         "sample-password-reset",
     ]
+
+
+def assert_status_never_trails_the_lines_above_it(stdout: str) -> None:
+    mails = dead = statuses = 0
+    for line in stdout.splitlines():
+        mails += line.startswith("mail     ")
+        dead += line.startswith("dead     ")
+        status = re.fullmatch(r"sent (\d+) \| dead-lettered (\d+) \| pending (\d+)", line)
+        if status:
+            statuses += 1
+            assert int(status[1]) >= mails, (line, stdout)
+            assert int(status[2]) >= dead, (line, stdout)
+    # Each outcome line is followed by a status that includes it.
+    assert statuses >= mails + dead, stdout
+
+
+def test_dev_once_exits_1_when_the_samples_are_not_done_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """A microsecond from publishing: no look after the deadline may count as in time."""
+    result = dev_once(tmp_path, "--timeout", "0.000001")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the samples did not reach their outcome within 1e-06 s" in result.stderr

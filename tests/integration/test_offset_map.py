@@ -118,7 +118,7 @@ async def kill_and_restart(
         return sum(offset for offset, _ in commits.values()) == REQUESTS
 
     await wait_for(all_committed, 60, interval=0.2, message="everything committed")
-    sent = collections.Counter(message.email_id for message in relay.messages)
+    sent = collections.Counter(str(message.email_id) for message in relay.messages)
     assert set(sent) == set(ids), "no request lost"
     skipped = await counter(second, "email_skipped_finished_total")
     return sent, mapped, skipped, second

@@ -35,7 +35,7 @@ async def test_sigterm_drains_in_flight_requests_commits_and_exits_zero(
     assert await service.wait_exit(timeout=60) == 0, service.log_tail()
 
     delivered = collections.Counter(message.email_id for message in relay.messages)
-    assert sorted(delivered) == sorted(ids), "every fetched request is finished before exit"
+    assert delivered.keys() == set(ids), "every fetched request is finished before exit"
     assert max(delivered.values()) == 1
     assert await committed_total(broker, topics) == len(ids)
     events = [event["event"] for event in service.events()]

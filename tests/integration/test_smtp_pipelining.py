@@ -188,6 +188,16 @@ class ScriptedRelay:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Python 3.11's Server.close() leaves accepted connections open: each session closes
+        # its own socket, whichever way it ends (client hang-up, scripted hang-up, cancelled).
+        try:
+            await self._converse(reader, writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         script = self.script
         self.sessions += 1
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
@@ -204,7 +214,6 @@ class ScriptedRelay:
                     line = await reader.readuntil(b"\r\n")
                 await self._write(writer, script.group, split=script.split)
                 if script.hang_up_after_group:
-                    writer.close()
                     return
                 if script.group.endswith(b"354 go ahead\r\n"):
                     script.received.append(await self._message(reader))

@@ -188,7 +188,11 @@ async def test_the_handler_retries_an_untrusted_relay_and_logs_why(pki: Pki) -> 
                 metrics=Metrics(registry),
                 health=Health(),
             )
-            payload = {"id": "tls-h", "template": "welcome", "to": "bob@example.com"}
+            payload: dict[str, Any] = {
+                "id": "tls-h",
+                "template": "welcome",
+                "to": "bob@example.com",
+            }
             payload["data"] = {"name": "Bob"}
             with structlog.testing.capture_logs() as logs:
                 step = await handler.process(Delivery(record(json.dumps(payload).encode())))

@@ -13,11 +13,11 @@ directories (``<parent>/.kafka-dist``), so brokers started side by side share it
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +28,7 @@ KAFKA_HOME_ENV = "TEST_KAFKA_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KAFKA_HOME = REPO_ROOT.parent / "shared" / "kafka"
 _START_ATTEMPTS = 2
+_log = logging.getLogger(__name__)
 
 
 def kafka_home(environ: Mapping[str, str] | None = None) -> Path:
@@ -117,7 +118,7 @@ class ApacheKafkaBroker:
         if self._state_dir is None:
             self._state_dir = Path(tempfile.mkdtemp(prefix="kafka-")) / "state"
         # Once in a full run on a loaded machine, a restart's JVM printed nothing for the
-        # script's 60 s: one more try, with what the stuck processes were doing as a warning.
+        # script's 60 s: one more try, logging what the stuck processes were doing.
         for attempt in range(1, _START_ATTEMPTS + 1):
             answer = self._run("start", self._start_timeout)
             values = dict(line.split("=", 1) for line in answer.stdout.splitlines() if "=" in line)
@@ -130,7 +131,7 @@ class ApacheKafkaBroker:
             self._run("stop", self._stop_timeout)  # a half-started broker must not linger
             if attempt == _START_ATTEMPTS:
                 raise BrokerStartError(failure)
-            warnings.warn(f"Apache Kafka did not start, trying again: {failure}", stacklevel=2)
+            _log.warning("Apache Kafka did not start, trying again: %s", failure)
         bootstrap = values["BOOTSTRAP"].strip()
         if self._bootstrap is not None and bootstrap != self._bootstrap:
             raise BrokerStartError(f"restarted on {bootstrap}, not on {self._bootstrap}")

@@ -374,9 +374,11 @@ async def partitions_of(
             return await topic_partitions(admin, topic)
 
     try:
-        partitions: list[int] = await wait_for(found, timeout, interval=0.1)
+        partitions: list[int] | None = await wait_for(found, timeout, interval=0.1)
     except AssertionError:
-        raise AssertionError(f"topic {topic!r} does not exist (within {timeout}s)") from None
+        partitions = None
+    if not partitions:
+        raise AssertionError(f"topic {topic!r} does not exist (within {timeout}s)")
     return partitions
 
 

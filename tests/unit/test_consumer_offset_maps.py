@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiokafka
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, OffsetMetadataTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -73,14 +74,13 @@ async def _nothing(partitions: list[TopicPartition]) -> None:
 def adapter(
     fake: FakeKafkaConsumer, *, restores: Restores | None = None, **settings: Any
 ) -> KafkaRequestConsumer:
-    consumer = KafkaRequestConsumer(
+    return KafkaRequestConsumer(
         KafkaSettings(**settings),
         on_assigned=_nothing,
         on_revoked=_nothing,
         on_restored=restores,
+        client=cast(AIOKafkaConsumer, fake),
     )
-    consumer._consumer = fake  # type: ignore[assignment]
-    return consumer
 
 
 async def test_commits_carry_the_offset_map_as_metadata() -> None:

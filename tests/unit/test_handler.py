@@ -51,6 +51,7 @@ class Harness:
             step = await self.handler.process(delivery)
             if isinstance(step, Finished):
                 return step, waits
+            assert isinstance(step, RetryIn), step
             waits.append(step.seconds)
 
 
@@ -198,6 +199,7 @@ async def test_unexpected_error_is_retried_then_dead_lettered() -> None:
             step = await harness.handler.recover(delivery, exc)
         if isinstance(step, Finished):
             break
+        assert isinstance(step, RetryIn), step
         waits.append(step.seconds)
     assert waits == [1, 5, 10]
     [letter] = harness.dead_letters.published

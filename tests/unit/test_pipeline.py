@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 from collections.abc import Callable
@@ -178,7 +179,7 @@ async def test_after_pausing_the_loop_fetches_again_only_when_a_batch_fits() -> 
         # One at a time, so room frees up one slot after another.
         for count, release in enumerate(releases, start=1):
             release.set()
-            await sender.wait_sent(lambda sent, count=count: len(sent) == count)
+            await sender.wait_sent(functools.partial(has_length, count))
     fetches = run.source.fetches
     # The first fetch after each pause must have room for a whole refill batch.
     resumed = [
@@ -338,3 +339,7 @@ async def test_commits_carry_the_finished_offsets_above_a_request_waiting_to_ret
         found = decode(run.source.metadata[TP], committed=2)
         assert isinstance(found, OffsetMap)
         assert found.runs == ((3, 10),)
+
+
+def has_length(length: int, items: list[str]) -> bool:
+    return len(items) == length
