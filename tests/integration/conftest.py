@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from support.broker_restart import tansu_on_s3
 from support.kafka import (
     ApacheKafkaBroker,
     Broker,
@@ -20,7 +21,6 @@ from support.kafka import (
     unique,
 )
 from support.redis_server import RedisServer
-from support.s3 import s3_storage
 from support.service import ServiceProcess
 from support.smtp_server import SmtpTestServer
 
@@ -85,14 +85,7 @@ def persistent_broker(
         with ApacheKafkaBroker(kafka_state_root / unique("restart")) as kafka:
             yield kafka
     elif isinstance(broker, EmbeddedBroker):
-        with (
-            s3_storage() as storage,
-            EmbeddedBroker(
-                log_dir=tmp_path / "tansu",
-                storage_engine=storage.url,
-                environment=storage.environment,
-            ) as tansu,
-        ):
+        with tansu_on_s3(tmp_path / "tansu") as tansu:
             yield tansu
     else:
         pytest.skip(f"needs a broker the tests start, to restart it: {broker} is external")
