@@ -46,7 +46,7 @@ def with_events(
     broker: Broker, topics: Topics, relay: SmtpTestServer, events: str, **kw: object
 ) -> Settings:
     return settings_for(
-        broker.bootstrap,
+        broker,
         topics,
         relay.port,
         retry_delays="0.2",

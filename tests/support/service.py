@@ -18,11 +18,11 @@ import aiohttp
 
 from messaging_service.app import Running, run_service
 from messaging_service.config import Settings, load_settings
-from support.kafka import KAFKA_TIMEOUTS, Topics, free_port, wait_for
+from support.kafka import Broker, Topics, free_port, group_timeouts, wait_for
 
 
 def settings_for(
-    bootstrap: str,
+    broker: Broker,
     topics: Topics,
     smtp_port: int,
     *,
@@ -41,20 +41,20 @@ def settings_for(
     events_topic: str = "",
     suppression: bool = True,
 ) -> Settings:
-    """Settings for one test: its own topics and group, the lowered group timeouts.
+    """Settings for one test: its own topics and group, the group timeouts ``broker`` takes.
 
     Outcome events are off unless a test gives its own ``events_topic``.
     """
     return load_settings(
         env_file=None,
         kafka={
-            "bootstrap_servers": bootstrap,
+            "bootstrap_servers": broker.bootstrap,
             "topic": topics.requests,
             "dlq_topic": topics.dlq,
             "events_topic": events_topic,
             "group_id": topics.group,
             "commit_interval_ms": commit_interval_ms,
-            **KAFKA_TIMEOUTS,
+            **group_timeouts(broker),
         },
         smtp={"host": "127.0.0.1", "port": smtp_port, "timeout": smtp_timeout},
         email={
