@@ -34,11 +34,13 @@ from messaging_service.core.suppression import MemorySuppressionStore, Suppressi
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import AdaptiveRate
 from messaging_service.core.watchdog import Watchdog
-from messaging_service.service.handler import RequestHandler
+from messaging_service.service.handler import Ports, RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.service.lifecycle import Lifecycle
+from messaging_service.service.outcomes import Outcomes
 from messaging_service.service.pipeline import Pipeline, PipelineSettings
 from messaging_service.service.pool import WorkerPool
+from messaging_service.service.preparer import Preparer
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
 from messaging_service.service.reporter import EventReporter
@@ -73,8 +75,7 @@ async def run_service(
     registry = registry if registry is not None else CollectorRegistry()
     email = settings.email
     # Pure parts first: a broken template or sender fails the start, before any connection.
-    renderer = TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout)
-    builder = MessageBuilder(email.sender, signer=dkim_signer(settings.dkim))
+    preparer = _preparer(settings)
     # Never more failures than a request has attempts: an outage must open the circuit
     # before any request could run out of retries because of it.
     relay = Relay(
@@ -86,17 +87,13 @@ async def run_service(
     limiter = SendRateLimiter(AdaptiveRate(email.rate_limit or None))
     watchdog = Watchdog(settings.runtime.watchdog_timeout)
 
-    def waiting() -> bool:
-        return tracker.waiting > 0
+    def alive() -> bool:
+        return watchdog.alive(waiting=tracker.waiting > 0, excused=relay.circuit_open)
 
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             HttpServer(
-                build_app(
-                    registry,
-                    health,
-                    live=lambda: watchdog.alive(waiting=waiting(), excused=relay.circuit_open),
-                ),
+                build_app(registry, health, live=alive),
                 host=settings.http.host,
                 port=settings.http.port,
             )
@@ -105,28 +102,18 @@ async def run_service(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
         handler = RequestHandler(
-            renderer=renderer,
-            builder=builder,
-            sender=sender,
-            dead_letters=await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka)),
+            preparer=preparer,
+            ports=await _ports(stack, settings, sender, metrics),
+            outcomes=Outcomes(
+                metrics=metrics,
+                events=await _events(stack, settings, metrics, health),
+                sender_domain=parse_address(email.sender, allow_special_use=True).domain,
+            ),
             policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
             metrics=metrics,
             health=health,
             relay=relay,
             limiter=limiter,
-            limits=_limits(settings),
-            allowed_domains=email.allowed_domains,
-            sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
-            fetcher=await stack.enter_async_context(
-                HttpsAttachmentFetcher(
-                    hosts=email.attachment_url_hosts,
-                    ca_file=email.attachment_ca_file,
-                    timeout=email.attachment_fetch_timeout,
-                )
-            ),
-            events=await _events(stack, settings, metrics, health),
-            suppressor=await _suppressor(stack, settings, metrics),
-            sender_domain=parse_address(email.sender, allow_special_use=True).domain,
         )
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
@@ -164,6 +151,37 @@ async def run_service(
         committed = await pipeline.run(consumer, stop)
     log.info("service_stopped", final_commit="ok" if committed else "failed")
     return committed
+
+
+def _preparer(settings: Settings) -> Preparer:
+    """Templates, the message builder (with its DKIM key) and the request limits."""
+    email = settings.email
+    return Preparer(
+        renderer=TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout),
+        builder=MessageBuilder(email.sender, signer=dkim_signer(settings.dkim)),
+        limits=_limits(settings),
+        allowed_domains=email.allowed_domains,
+    )
+
+
+async def _ports(
+    stack: AsyncExitStack, settings: Settings, sender: SmtpSender, metrics: Metrics
+) -> Ports:
+    """The handler's adapters, each closed by ``stack``."""
+    email = settings.email
+    return Ports(
+        sender=sender,
+        dead_letters=await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka)),
+        sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
+        suppressor=await _suppressor(stack, settings, metrics),
+        fetcher=await stack.enter_async_context(
+            HttpsAttachmentFetcher(
+                hosts=email.attachment_url_hosts,
+                ca_file=email.attachment_ca_file,
+                timeout=email.attachment_fetch_timeout,
+            )
+        ),
+    )
 
 
 def dkim_signer(settings: DkimSettings) -> DkimSigner | None:
