@@ -76,11 +76,7 @@ async def run_service(
     email = settings.email
     # Pure parts first: a broken template or sender fails the start, before any connection.
     preparer = _preparer(settings)
-    # Never more failures than a request has attempts: an outage must open the circuit
-    # before any request could run out of retries because of it.
-    relay = Relay(
-        CircuitBreaker(threshold=min(settings.smtp.circuit_threshold, email.max_retries + 1))
-    )
+    relay = _relay(settings)
     health = Health(relay=relay)
     metrics = Metrics(registry)
     tracker = OffsetTracker(map_max_bytes=settings.kafka.offset_map_max_bytes)
@@ -101,20 +97,7 @@ async def run_service(
         sender = await stack.enter_async_context(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
-        handler = RequestHandler(
-            preparer=preparer,
-            ports=await _ports(stack, settings, sender, metrics),
-            outcomes=Outcomes(
-                metrics=metrics,
-                events=await _events(stack, settings, metrics, health),
-                sender_domain=parse_address(email.sender, allow_special_use=True).domain,
-            ),
-            policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
-            metrics=metrics,
-            health=health,
-            relay=relay,
-            limiter=limiter,
-        )
+        handler = await _handler(stack, settings, preparer, sender, metrics, health, limiter)
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
         )
@@ -137,20 +120,59 @@ async def run_service(
         await stack.enter_async_context(
             _background(lambda: relay.watch(sender.probe, settings.smtp.probe_interval))
         )
-        consumer = await stack.enter_async_context(
-            KafkaRequestConsumer(
-                settings.kafka,
-                on_assigned=pipeline.on_assigned,
-                on_revoked=pipeline.on_revoked,
-                on_restored=tracker.restore,
-            )
-        )
+        consumer = await stack.enter_async_context(_consumer(settings, pipeline, tracker))
         _log_started(settings, http.port)
         if on_started is not None:
             on_started(Running(http_port=http.port, health=health, registry=registry))
         committed = await pipeline.run(consumer, stop)
     log.info("service_stopped", final_commit="ok" if committed else "failed")
     return committed
+
+
+def _consumer(
+    settings: Settings, pipeline: Pipeline, tracker: OffsetTracker
+) -> KafkaRequestConsumer:
+    """The group member whose rebalances drive the pipeline and restore the offset maps."""
+    return KafkaRequestConsumer(
+        settings.kafka,
+        on_assigned=pipeline.on_assigned,
+        on_revoked=pipeline.on_revoked,
+        on_restored=tracker.restore,
+    )
+
+
+def _relay(settings: Settings) -> Relay:
+    # Never more failures than a request has attempts: an outage must open the circuit
+    # before any request could run out of retries because of it.
+    threshold = min(settings.smtp.circuit_threshold, settings.email.max_retries + 1)
+    return Relay(CircuitBreaker(threshold=threshold))
+
+
+async def _handler(
+    stack: AsyncExitStack,
+    settings: Settings,
+    preparer: Preparer,
+    sender: SmtpSender,
+    metrics: Metrics,
+    health: Health,
+    limiter: SendRateLimiter,
+) -> RequestHandler:
+    """The handler with its adapters (each closed by ``stack``) and outcome reporting."""
+    email = settings.email
+    return RequestHandler(
+        preparer=preparer,
+        ports=await _ports(stack, settings, sender, metrics),
+        outcomes=Outcomes(
+            metrics=metrics,
+            events=await _events(stack, settings, metrics, health),
+            sender_domain=parse_address(email.sender, allow_special_use=True).domain,
+        ),
+        policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
+        metrics=metrics,
+        health=health,
+        relay=health.relay,
+        limiter=limiter,
+    )
 
 
 def _preparer(settings: Settings) -> Preparer:
