@@ -216,6 +216,7 @@ def _point(
     own: ProcessMeter,
     sink_meter: ProcessMeter | None,
     wall: float,
+    processes: int = 1,
     **extra: Any,
 ) -> Point:
     """What every point measures the same way, whichever program sent the emails."""
@@ -230,8 +231,9 @@ def _point(
         window_emails=win.emails,
         window_seconds=win.seconds,
         wall_seconds=wall,
-        ideal=target.ideal(workers),
+        ideal=target.ideal(workers * processes),
         sink_cpu_ms_per_email=_cpu_per_email(sink_meter, win),
+        processes=processes,
         **extra,
     )
 
