@@ -79,6 +79,8 @@ async def run_service(
     limiter = SendRateLimiter(AdaptiveRate(email.rate_limit or None))
     watchdog = Watchdog(settings.runtime.watchdog_timeout)
 
+    lanes = settings.kafka.priority_topic
+
     def waiting() -> bool:
         return tracker.waiting > 0
 
@@ -119,11 +121,22 @@ async def run_service(
             ),
         )
         pool = await stack.enter_async_context(
-            WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
+            WorkerPool(
+                size=email.worker_count,
+                capacity=email.worker_buffer,
+                on_panic=_log_panic,
+                # A lane of its own for the priority topic; none at all without one.
+                priority_share=None if lanes is None else email.priority_share,
+            )
         )
         lifecycle = await stack.enter_async_context(
             Lifecycle(
-                handler=handler, submit=pool.submit, relay=relay, metrics=metrics, watchdog=watchdog
+                handler=handler,
+                submit=pool.submit,
+                relay=relay,
+                metrics=metrics,
+                watchdog=watchdog,
+                log_lanes=lanes is not None,
             )
         )
         pipeline = Pipeline(
@@ -177,6 +190,8 @@ def _pipeline_settings(settings: Settings) -> PipelineSettings:
         shutdown_timeout=settings.runtime.shutdown_timeout,
         refill=max(1, settings.email.worker_buffer // 2),
         revocation_timeout=settings.kafka.revocation_timeout,
+        topic=settings.kafka.topic,
+        priority_topic=settings.kafka.priority_topic,
     )
 
 
@@ -227,6 +242,7 @@ def _log_started(settings: Settings, http_port: int) -> None:
     log.info(
         "service_started",
         topic=settings.kafka.topic,
+        priority_topic=settings.kafka.priority_topic,
         group=settings.kafka.group_id,
         workers=settings.email.worker_count,
         dedup="memory" if settings.dedup.redis_url is None else "redis",

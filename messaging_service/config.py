@@ -87,6 +87,7 @@ class KafkaSettings(BaseSettings):
     @classmethod
     def _empty_topic_is_off(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
     group_id: str = Field(default="messaging-service", min_length=1)
     auto_offset_reset: OffsetReset = OffsetReset.EARLIEST
     security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT

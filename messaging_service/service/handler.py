@@ -40,6 +40,7 @@ from messaging_service.core.contract import (
     guess_request_id,
     parse_request,
 )
+from messaging_service.core.lanes import Lane
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
@@ -93,6 +94,8 @@ class Delivery:
     unfetched: Unfetched | None = None
     labels: EmailLabels = NO_LABELS
     """Template, locale, tags and metadata, once the request was read: logged with outcomes."""
+    lane: Lane = Lane.NORMAL
+    """The lane it came in by (its topic): counted by lane in the metrics."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +269,7 @@ class RequestHandler:
                 delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)
                 if delay is None:
                     return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, exc)
-                self._metrics.retries.inc()
+                self._metrics.retries_by_lane[delivery.lane].inc()
                 log.warning(
                     "attachment_fetch_retry_scheduled",
                     attempt=delivery.attempts,
@@ -328,7 +331,7 @@ class RequestHandler:
                 smtp_code=refusal.code,
                 smtp_message=refusal.message,
             )
-        self._metrics.sent.inc()
+        self._metrics.sent_by_lane[delivery.lane].inc()
         self._finish(delivery, Outcome.SENT)
         log.info(
             "email_sent",
@@ -393,7 +396,7 @@ class RequestHandler:
             return await self._dead_letter(
                 delivery, FailureReason.RETRIES_EXHAUSTED, exc, code=exc.code
             )
-        self._metrics.retries.inc()
+        self._metrics.retries_by_lane[delivery.lane].inc()
         log.warning(
             "email_retry_scheduled",
             attempt=delivery.attempts,
@@ -440,7 +443,7 @@ class RequestHandler:
             )
             return RetryIn(delay)
         self._health.dead_letter_sink_ok = True
-        self._metrics.dead_letters.labels(letter.reason.value).inc()
+        self._metrics.dead_letters.labels(letter.reason.value, delivery.lane.value).inc()
         self._finish(delivery, Outcome.DEAD_LETTERED)
         log.warning(
             "email_dead_lettered",
@@ -462,7 +465,7 @@ class RequestHandler:
         timestamp_ms = delivery.record.timestamp_ms
         if timestamp_ms is not None and timestamp_ms > 0:
             elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)
-            self._metrics.end_to_end.labels(outcome.value).observe(elapsed)
+            self._metrics.end_to_end.labels(outcome.value, delivery.lane.value).observe(elapsed)
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

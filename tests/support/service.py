@@ -19,6 +19,7 @@ import aiohttp
 from messaging_service.app import Running, run_service
 from messaging_service.config import Settings, load_settings
 from support.kafka import KAFKA_TIMEOUTS, Topics, free_port, wait_for
+from support.samples import sample_sum
 
 
 def settings_for(
@@ -116,8 +117,8 @@ class InProcessService:
     task: asyncio.Task[bool]
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.running.registry.get_sample_value(name, labels or None)
-        return 0.0 if value is None else value
+        """The sum of the samples of ``name`` that carry ``labels`` (and any others, e.g. lane)."""
+        return sample_sum(self.running.registry, name, **labels)
 
     async def get(self, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.running.http_port}{path}"
