@@ -17,7 +17,7 @@ from messaging_service.adapters.attachment_fetch import HttpsAttachmentFetcher
 from messaging_service.adapters.dead_letters import KafkaDeadLetterSink
 from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
 from messaging_service.adapters.redis_sentlog import RedisSentLog
-from messaging_service.adapters.sentlog import MemorySentLog, SentLog
+from messaging_service.adapters.sentlog import MemorySentLog
 from messaging_service.adapters.smtp import SmtpSender
 from messaging_service.config import DedupSettings, DkimSettings, Settings
 from messaging_service.core.circuit import CircuitBreaker
@@ -25,6 +25,7 @@ from messaging_service.core.contract import RequestLimits
 from messaging_service.core.dkim import DEFAULT_HEADERS, DkimSigner, load_private_key
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.offsets import OffsetTracker
+from messaging_service.core.ports import SentLog
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import AdaptiveRate

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import re
-import ssl
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
@@ -12,11 +11,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from messaging_service.core.addresses import parse_address
+from messaging_service.core.addresses import normalise_domains, parse_address
+from messaging_service.redaction import redact_url_passwords
+from messaging_service.tls import tls_client_context
 
 DEFAULT_ENV_FILE = Path(".env")
 # The password part of a URL's user information: scheme://user:PASSWORD@host
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@:\s]*:)[^/@\s]*(?=@)")
 # aiokafka's session timeout, which is also its rebalance timeout when none is set.
 _AIOKAFKA_SESSION_TIMEOUT_MS = 10_000
 
@@ -540,54 +540,3 @@ def _as_text(value: Any) -> str | None:
     if isinstance(value, tuple):
         return ",".join(str(_as_text(item)) for item in value)
     return redact_url_passwords(str(value))
-
-
-def redact_url_passwords(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` masked."""
-    return _URL_PASSWORD.sub(lambda match: match.group("head") + "**********", text)
-
-
-def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options shared by the consumer and the producer."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_list,
-        "security_protocol": kafka.security_protocol.value,
-        "request_timeout_ms": kafka.request_timeout_ms,
-    }
-    if kafka.security_protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL):
-        options["ssl_context"] = tls_client_context(kafka.ssl_cafile)
-    if kafka.sasl_mechanism is not None:
-        options["sasl_mechanism"] = kafka.sasl_mechanism.value
-        options["sasl_plain_username"] = kafka.sasl_username
-        if kafka.sasl_password is not None:
-            options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
-    return options
-
-
-def tls_client_context(ca_file: Path | None) -> ssl.SSLContext:
-    """A client context that verifies the server's certificate and host name.
-
-    Trusts ``ca_file`` alone when given (a private CA), else the system's CAs. Raises
-    ValueError saying why a CA file cannot be used.
-    """
-    try:
-        return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-    except FileNotFoundError as exc:
-        raise ValueError(f"{ca_file} does not exist") from exc
-    except OSError as exc:  # unreadable; ssl.SSLError (not PEM certificates) is an OSError too
-        raise ValueError(f"{ca_file} is not a readable PEM CA bundle: {exc}") from exc
-
-
-def normalise_domains(domains: tuple[str, ...]) -> tuple[str, ...]:
-    """Lower-case ASCII (IDNA) domains without a leading '@' or '.' or a trailing '.'."""
-    cleaned = []
-    for domain in domains:
-        name = domain.strip().lstrip("@").strip(".").lower()
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise ValueError(f"{domain!r} is not a domain name") from exc
-        if not name or any(c.isspace() or c in "@,;<>" for c in name):
-            raise ValueError(f"{domain!r} is not a domain name (e.g. example.com)")
-        cleaned.append(name)
-    return tuple(dict.fromkeys(cleaned))

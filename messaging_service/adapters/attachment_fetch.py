@@ -13,10 +13,10 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from messaging_service.config import tls_client_context
 from messaging_service.core.attachments import check_url
 from messaging_service.core.lifetime import ClosedOnExit
 from messaging_service.errors import AttachmentError, AttachmentUnavailableError
+from messaging_service.tls import tls_client_context
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from messaging_service.adapters.kafka_producer import Publisher, PublishError
 from messaging_service.config import KafkaSettings
-from messaging_service.core.contract import DeadLetter
 from messaging_service.core.lifetime import ClosedOnExit
+from messaging_service.core.values import DeadLetter
 from messaging_service.errors import DeadLetterUnavailableError
 
 # Header values are UTF-8 text (decimal numbers included) so any tool can read them.

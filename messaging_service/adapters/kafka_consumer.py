@@ -12,11 +12,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, OffsetMetadataTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 
-from messaging_service.config import KafkaSettings, kafka_client_options
-from messaging_service.core.contract import InboundRecord
+from messaging_service.adapters.kafka_options import kafka_client_options
+from messaging_service.config import KafkaSettings
 from messaging_service.core.lifetime import ClosedOnExit
 from messaging_service.core.offsetmap import OffsetMap, Unreadable, decode
 from messaging_service.core.offsets import Commit, TopicPartition
+from messaging_service.core.values import InboundRecord
 from messaging_service.errors import RetriableError
 
 log = structlog.get_logger(__name__)

@@ -1,19 +1,17 @@
-"""Publishing email requests: build one from parts, encode it, and write it to Kafka."""
+"""A Kafka producer that waits for the broker's acknowledgement of every record."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from messaging_service.config import KafkaSettings, kafka_client_options
+from messaging_service.adapters.kafka_options import kafka_client_options
+from messaging_service.config import KafkaSettings
 from messaging_service.core.lifetime import ClosedOnExit
 from messaging_service.errors import ServiceError, describe_error
 
@@ -31,44 +29,6 @@ class Published:
     topic: str
     partition: int
     offset: int
-
-
-def new_request_id(prefix: str = "cli") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def build_request(
-    *,
-    id_: str,
-    to: Sequence[str],
-    template: str | None = None,
-    cc: Sequence[str] = (),
-    bcc: Sequence[str] = (),
-    reply_to: str | None = None,
-    subject: str | None = None,
-    text: str | None = None,
-    html: str | None = None,
-    data: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A request document with only the fields that were given (the contract's defaults hold)."""
-    optional: dict[str, Any] = {
-        "template": template,
-        "cc": list(cc) or None,
-        "bcc": list(bcc) or None,
-        "reply_to": reply_to,
-        "subject": subject,
-        "text": text,
-        "html": html,
-        "data": dict(data) if data else None,
-    }
-    request: dict[str, Any] = {"id": id_, "to": list(to)}
-    request.update({key: value for key, value in optional.items() if value is not None})
-    return request
-
-
-def encode_request(request: Mapping[str, Any]) -> bytes:
-    """The record value: UTF-8 JSON, as the service expects."""
-    return json.dumps(request, ensure_ascii=False).encode()
 
 
 class Publisher(ClosedOnExit):
@@ -119,11 +79,3 @@ class Publisher(ClosedOnExit):
         except (KafkaError, TimeoutError) as exc:
             raise PublishError(f"cannot write to {topic}: {describe_error(exc)}") from exc
         return Published(topic=meta.topic, partition=meta.partition, offset=meta.offset)
-
-
-async def publish_one(
-    settings: KafkaSettings, value: bytes, *, key: bytes | None = None
-) -> Published:
-    """Publish one request to the requests topic (``messaging-service send``)."""
-    async with Publisher(settings, client_id=f"{settings.group_id}-send") as publisher:
-        return await publisher.publish(settings.topic, value, key=key)

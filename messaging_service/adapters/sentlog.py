@@ -1,4 +1,4 @@
-"""The record of sent request ids: its Protocol and the bounded in-memory default.
+"""The record of sent request ids: the bounded in-memory default (``ports.SentLog``).
 
 A request id is an idempotency key: once the relay accepted an email for an id, a redelivery
 of that id within the TTL is finished without sending. The memory log only covers this
@@ -11,14 +11,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
-
-
-class SentLog(Protocol):
-    """Ids the relay accepted. Raises SentLogUnavailableError when the store cannot answer."""
-
-    async def seen(self, email_id: str) -> bool: ...
-    async def record(self, email_id: str) -> None: ...
 
 
 class MemorySentLog:

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from messaging_service.adapters.smtp_wire import greet, transact
-from messaging_service.config import SmtpSecurity, SmtpSettings, tls_client_context
-from messaging_service.core.contract import OutgoingEmail, RecipientRefusal, SendReport
+from messaging_service.config import SmtpSecurity, SmtpSettings
 from messaging_service.core.lifetime import ClosedOnExit
+from messaging_service.core.values import OutgoingEmail, RecipientRefusal, SendReport
 from messaging_service.errors import (
     SmtpError,
     SmtpRejectedError,
     SmtpTransientError,
     SmtpUnavailableError,
 )
+from messaging_service.tls import tls_client_context
 
 # Whatever the relay's own idle limit, NAT gateways and firewalls drop quiet connections
 # without telling either side; a connection idle longer than this is replaced, not reused.

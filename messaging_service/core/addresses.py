@@ -58,3 +58,18 @@ def _unquote(display: str) -> str:
     if len(display) >= 2 and display[0] == display[-1] == '"':
         display = display[1:-1].replace('\\"', '"').replace("\\\\", "\\")
     return display
+
+
+def normalise_domains(domains: tuple[str, ...]) -> tuple[str, ...]:
+    """Lower-case ASCII (IDNA) domains without a leading '@' or '.' or a trailing '.'."""
+    cleaned = []
+    for domain in domains:
+        name = domain.strip().lstrip("@").strip(".").lower()
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"{domain!r} is not a domain name") from exc
+        if not name or any(c.isspace() or c in "@,;<>" for c in name):
+            raise ValueError(f"{domain!r} is not a domain name (e.g. example.com)")
+        cleaned.append(name)
+    return tuple(dict.fromkeys(cleaned))

@@ -18,9 +18,10 @@ from urllib.parse import quote
 
 from messaging_service.core.addresses import Address, parse_address
 from messaging_service.core.attachments import AttachmentPart
-from messaging_service.core.contract import EmailLabels, EmailRequest, OutgoingEmail, RenderedEmail
+from messaging_service.core.contract import EmailRequest
 from messaging_service.core.mime_parts import attachment_entity, multipart, related
 from messaging_service.core.request_extras import ListUnsubscribe
+from messaging_service.core.values import EmailLabels, OutgoingEmail, RenderedEmail
 
 CRLF = "\r\n"
 # RFC 5322 asks for lines of at most 78 characters (998 is the hard limit).

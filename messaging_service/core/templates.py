@@ -15,7 +15,8 @@ from jinja2 import DictLoader, StrictUndefined, Template, TemplateSyntaxError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from messaging_service.core.contract import EmailRequest, RenderedEmail
+from messaging_service.core.contract import EmailRequest
+from messaging_service.core.values import RenderedEmail
 from messaging_service.errors import InvalidPayloadError, TemplateError
 
 BUILTIN_DIR = Path(__file__).parent.parent / "templates"

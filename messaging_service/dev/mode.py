@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from messaging_service.adapters.kafka_admin import create_topic
-from messaging_service.adapters.kafka_producer import Publisher, encode_request
+from messaging_service.adapters.kafka_producer import Publisher
 from messaging_service.app import Running, run_service
 from messaging_service.config import (
     KafkaSettings,
@@ -32,7 +32,7 @@ from messaging_service.config import (
     Settings,
     load_settings,
 )
-from messaging_service.core.contract import FailureReason, Outcome
+from messaging_service.core.values import FailureReason, Outcome
 from messaging_service.dev.catcher import CaughtEmail, MailCatcher
 from messaging_service.dev.console import Console
 from messaging_service.dev.embedded import HOST, TANSU_GROUP_TIMEOUTS, EmbeddedBroker
@@ -40,6 +40,7 @@ from messaging_service.dev.samples import samples
 from messaging_service.errors import ServiceError, describe_error
 from messaging_service.ops.deadletters import StoredDeadLetter
 from messaging_service.ops.replay import read_dead_letters
+from messaging_service.ops.send import encode_request
 from messaging_service.telemetry.logging import configure_logging
 
 _TICK = 0.2

@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from messaging_service.core.contract import FailureReason, Outcome
+from messaging_service.core.values import FailureReason, Outcome
 
 
 @dataclass(frozen=True, slots=True)

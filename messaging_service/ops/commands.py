@@ -12,16 +12,11 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from messaging_service.adapters.kafka_producer import (
-    Published,
-    build_request,
-    encode_request,
-    new_request_id,
-    publish_one,
-)
+from messaging_service.adapters.kafka_producer import Published
 from messaging_service.cli import BadInput, CommandFailed, settings_or_exit
 from messaging_service.config import Settings
-from messaging_service.core.contract import RenderedEmail, guess_request_id, parse_request
+from messaging_service.core.contract import guess_request_id, parse_request
+from messaging_service.core.values import RenderedEmail
 from messaging_service.errors import (
     AttachmentError,
     InvalidPayloadError,
@@ -39,6 +34,7 @@ from messaging_service.ops.preview import (
     write_rendered,
 )
 from messaging_service.ops.replay import ReplayOptions, list_dead_letters, replay
+from messaging_service.ops.send import build_request, encode_request, new_request_id, publish_one
 
 T = TypeVar("T")
 

@@ -21,7 +21,8 @@ from messaging_service.adapters.dead_letters import (
     H_REASON,
     H_SMTP_CODE,
 )
-from messaging_service.core.contract import FailureReason, guess_request_id
+from messaging_service.core.contract import guess_request_id
+from messaging_service.core.values import FailureReason
 
 # The progress bucket of records whose reason header is missing or not one we know.
 OTHER = "other"

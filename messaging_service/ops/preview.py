@@ -12,12 +12,12 @@ from messaging_service.config import EmailSettings
 from messaging_service.core.attachments import AttachmentPart, AttachmentSource, resolve
 from messaging_service.core.contract import (
     EmailRequest,
-    RenderedEmail,
     RequestLimits,
     check_recipient_domains,
     parse_request,
 )
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import RenderedEmail
 from messaging_service.errors import AttachmentError, TemplateError
 
 # The recipient does not take part in rendering; the request only needs a valid one.

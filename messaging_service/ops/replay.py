@@ -18,8 +18,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from messaging_service.adapters.kafka_options import kafka_client_options
 from messaging_service.adapters.kafka_producer import Published, Publisher
-from messaging_service.config import KafkaSettings, kafka_client_options
+from messaging_service.config import KafkaSettings
 from messaging_service.errors import ServiceError, describe_error
 from messaging_service.ops.deadletters import (
     BUCKETS,

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from messaging_service.adapters.sentlog import SentLog
 from messaging_service.core.attachments import (
     AttachmentPart,
     AttachmentSource,
@@ -23,28 +22,28 @@ from messaging_service.core.attachments import (
     total_size,
 )
 from messaging_service.core.contract import (
-    NO_LABELS,
-    AttachmentFetcher,
-    DeadLetter,
-    DeadLetterSink,
-    EmailLabels,
     EmailRequest,
-    FailureReason,
-    InboundRecord,
-    Outcome,
-    OutgoingEmail,
-    RenderedEmail,
     RequestLimits,
-    Sender,
     check_recipient_domains,
     guess_request_id,
     parse_request,
 )
 from messaging_service.core.lanes import Lane
 from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.ports import AttachmentFetcher, DeadLetterSink, Sender, SentLog
 from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import is_throttling
+from messaging_service.core.values import (
+    NO_LABELS,
+    DeadLetter,
+    EmailLabels,
+    FailureReason,
+    InboundRecord,
+    Outcome,
+    OutgoingEmail,
+    RenderedEmail,
+)
 from messaging_service.errors import (
     AttachmentError,
     AttachmentUnavailableError,

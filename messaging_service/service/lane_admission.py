@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from messaging_service.core.contract import InboundRecord
 from messaging_service.core.lanes import Lane
+from messaging_service.core.values import InboundRecord
 
 # How long one fetch may wait when both lanes take records: bounds how quickly a stop is seen.
 _FETCH_WAIT_MS = 100

@@ -27,11 +27,11 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from messaging_service.core.contract import InboundRecord, Outcome
 from messaging_service.core.lanes import Lane
 from messaging_service.core.lifetime import ClosedOnExit
 from messaging_service.core.offsets import PartitionOffsets
 from messaging_service.core.retry import Backoff
+from messaging_service.core.values import InboundRecord, Outcome
 from messaging_service.core.watchdog import Watchdog
 from messaging_service.service.handler import (
     Delivery,

@@ -21,7 +21,6 @@ from typing import Protocol
 
 import structlog
 
-from messaging_service.core.contract import InboundRecord
 from messaging_service.core.lanes import Lane
 from messaging_service.core.offsets import (
     Commit,
@@ -31,6 +30,7 @@ from messaging_service.core.offsets import (
     Tracked,
 )
 from messaging_service.core.retry import Backoff
+from messaging_service.core.values import InboundRecord
 from messaging_service.core.watchdog import Watchdog
 from messaging_service.errors import RetriableError
 from messaging_service.service.health import Health

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from messaging_service.adapters.dead_letters import dead_letter_headers
 from messaging_service.cli import main
-from messaging_service.core.contract import DeadLetter, FailureReason, InboundRecord
+from messaging_service.core.values import DeadLetter, FailureReason, InboundRecord
 from messaging_service.errors import InvalidPayloadError, SmtpRejectedError
 from support.kafka import Broker, Record, Topics, create_topic, produce, read_all, unique
 from support.service import request_payload

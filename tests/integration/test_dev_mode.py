@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from messaging_service.core.contract import Outcome
+from messaging_service.core.values import Outcome
 from messaging_service.dev.samples import samples
 from messaging_service.ops.preview import render_template
 

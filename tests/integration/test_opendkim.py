@@ -9,9 +9,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from messaging_service.core.attachments import AttachmentPart
-from messaging_service.core.contract import EmailRequest, RenderedEmail
+from messaging_service.core.contract import EmailRequest
 from messaging_service.core.dkim import DkimSigner, PrivateKey, public_key_record
 from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.values import RenderedEmail
 from support.filters import OPENDKIM, opendkim_verify
 
 pytestmark = pytest.mark.filters

@@ -15,7 +15,7 @@ import pytest
 
 from messaging_service.adapters.smtp import SmtpSender
 from messaging_service.config import SmtpSecurity, SmtpSettings
-from messaging_service.core.contract import OutgoingEmail, RecipientRefusal, SendReport
+from messaging_service.core.values import OutgoingEmail, RecipientRefusal, SendReport
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError, SmtpUnavailableError
 from support.smtp_server import NO_SUCH_USER, TRY_LATER, SmtpTestServer
 

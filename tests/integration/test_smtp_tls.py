@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from messaging_service.adapters.smtp import SmtpSender
 from messaging_service.config import SmtpSecurity, SmtpSettings
-from messaging_service.core.contract import OutgoingEmail
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import OutgoingEmail
 from messaging_service.errors import SmtpTransientError
 from messaging_service.service.handler import Delivery, RequestHandler, RetryIn
 from messaging_service.service.health import Health

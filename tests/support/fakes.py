@@ -6,8 +6,8 @@ import asyncio
 from collections import deque
 from collections.abc import Collection, Mapping
 
-from messaging_service.core.contract import DeadLetter, InboundRecord, OutgoingEmail, SendReport
 from messaging_service.core.offsets import Commit, TopicPartition
+from messaging_service.core.values import DeadLetter, InboundRecord, OutgoingEmail, SendReport
 from messaging_service.errors import DeadLetterUnavailableError, SentLogUnavailableError
 
 Script = SendReport | Exception

@@ -10,14 +10,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from messaging_service.adapters.sentlog import SentLog
 from messaging_service.core.circuit import CircuitBreaker
-from messaging_service.core.contract import DeadLetterSink, InboundRecord, Sender
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.offsetmap import OffsetMap
 from messaging_service.core.offsets import OffsetTracker, TopicPartition
+from messaging_service.core.ports import DeadLetterSink, Sender, SentLog
 from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import InboundRecord
 from messaging_service.core.watchdog import Watchdog
 from messaging_service.service.handler import RequestHandler
 from messaging_service.service.health import Health

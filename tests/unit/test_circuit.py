@@ -11,11 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from messaging_service.core.circuit import CircuitBreaker, CircuitState
-from messaging_service.core.contract import InboundRecord, Outcome, OutgoingEmail, SendReport
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import AdaptiveRate
+from messaging_service.core.values import InboundRecord, Outcome, OutgoingEmail, SendReport
 from messaging_service.errors import SmtpTransientError, SmtpUnavailableError
 from messaging_service.service.handler import Delivery, Finished, Parked, RequestHandler, RetryIn
 from messaging_service.service.health import Health

@@ -10,6 +10,7 @@ import pytest
 import trustme
 
 from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
+from messaging_service.adapters.kafka_options import kafka_client_options
 from messaging_service.adapters.kafka_producer import Publisher
 from messaging_service.config import (
     ConfigError,
@@ -18,7 +19,6 @@ from messaging_service.config import (
     SaslMechanism,
     SmtpSecurity,
     environment_items,
-    kafka_client_options,
     load_settings,
 )
 

@@ -7,7 +7,7 @@ from messaging_service.adapters.dead_letters import (
     MAX_MESSAGE_LENGTH,
     dead_letter_headers,
 )
-from messaging_service.core.contract import DeadLetter, FailureReason
+from messaging_service.core.values import DeadLetter, FailureReason
 from messaging_service.errors import SmtpRejectedError
 from support.fakes import record
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from messaging_service.adapters.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
-from messaging_service.core.contract import DeadLetter, FailureReason
+from messaging_service.core.values import DeadLetter, FailureReason
 from messaging_service.errors import SmtpRejectedError
 from messaging_service.ops.deadletters import (
     BUCKETS,

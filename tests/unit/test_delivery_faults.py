@@ -14,10 +14,10 @@ import structlog
 import structlog.testing
 
 from messaging_service.adapters.kafka_consumer import ConsumerError
-from messaging_service.core.contract import DeadLetter, InboundRecord
 from messaging_service.core.lanes import Lane
 from messaging_service.core.offsets import Commit, TopicPartition
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import DeadLetter, InboundRecord
 from messaging_service.service.pool import Job
 from support.fakes import FakeSender, FakeSource, record
 from support.pipeline import TP, running

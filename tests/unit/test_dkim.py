@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from messaging_service.core.attachments import AttachmentPart
-from messaging_service.core.contract import EmailRequest, RenderedEmail
+from messaging_service.core.contract import EmailRequest
 from messaging_service.core.dkim import (
     DkimKeyError,
     DkimSigner,
@@ -26,6 +26,7 @@ from messaging_service.core.dkim import (
     public_key_record,
 )
 from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.values import RenderedEmail
 
 DOMAIN = "shop.example.com"
 SELECTOR = "mail2026"

@@ -23,10 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from messaging_service.core.contract import Outcome, RequestLimits
+from messaging_service.core.contract import RequestLimits
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import Outcome
 from messaging_service.service.handler import Delivery, Finished, RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics

@@ -9,10 +9,10 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from messaging_service.core.contract import FailureReason, Outcome, RecipientRefusal, SendReport
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import FailureReason, Outcome, RecipientRefusal, SendReport
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
 from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
 from messaging_service.service.health import Health

@@ -11,10 +11,11 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from messaging_service.core.contract import FailureReason, Outcome, RequestLimits
+from messaging_service.core.contract import RequestLimits
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import FailureReason, Outcome
 from messaging_service.errors import AttachmentError, AttachmentUnavailableError
 from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
 from messaging_service.service.health import Health

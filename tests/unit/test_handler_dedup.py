@@ -7,10 +7,10 @@ import json
 import structlog
 from prometheus_client import CollectorRegistry
 
-from messaging_service.core.contract import Outcome
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import Outcome
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
 from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
 from messaging_service.service.health import Health

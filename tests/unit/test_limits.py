@@ -11,8 +11,6 @@ from prometheus_client import CollectorRegistry
 
 from messaging_service.config import ConfigError, load_settings
 from messaging_service.core.contract import (
-    FailureReason,
-    Outcome,
     RequestLimits,
     check_recipient_domains,
     domain_allowed,
@@ -21,6 +19,7 @@ from messaging_service.core.contract import (
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import FailureReason, Outcome
 from messaging_service.errors import InvalidPayloadError, RecipientNotAllowedError
 from messaging_service.service.handler import Delivery, Finished, RequestHandler
 from messaging_service.service.health import Health

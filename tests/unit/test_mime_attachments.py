@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from messaging_service.core.attachments import AttachmentPart
-from messaging_service.core.contract import EmailRequest, OutgoingEmail, RenderedEmail
+from messaging_service.core.contract import EmailRequest
 from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.values import OutgoingEmail, RenderedEmail
 
 BUILDER = MessageBuilder("Shop <no-reply@shop.example.com>", clock=lambda: 1_700_000_000.0)
 PDF = AttachmentPart("invoice.pdf", "application/pdf", bytes(range(256)) * 40)

@@ -8,8 +8,8 @@ import itertools
 import json
 from collections.abc import Callable
 
-from messaging_service.core.contract import InboundRecord, OutgoingEmail, SendReport
 from messaging_service.core.offsetmap import OffsetMap, decode
+from messaging_service.core.values import InboundRecord, OutgoingEmail, SendReport
 from messaging_service.core.watchdog import Watchdog
 from messaging_service.errors import SmtpTransientError
 from messaging_service.telemetry.metrics import Metrics

@@ -9,8 +9,8 @@ from typing import Any
 
 import structlog
 
-from messaging_service.core.contract import InboundRecord, OutgoingEmail, SendReport
 from messaging_service.core.offsets import TopicPartition
+from messaging_service.core.values import InboundRecord, OutgoingEmail, SendReport
 from support.fakes import FakeSource, record
 from support.pipeline import TP, running
 from support.samples import sample_sum
