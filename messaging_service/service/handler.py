@@ -381,7 +381,7 @@ class RequestHandler:
             return
         try:
             await self._sent_log.record(email_id)
-        except Exception as exc:  # any failure here would otherwise turn a 250 into a resend
+        except Exception as exc:  # noqa: BLE001 - any failure here would turn a 250 into a resend
             self._metrics.dedup_unavailable.labels("record").inc()
             log.warning(
                 "dedup_unavailable",

@@ -266,7 +266,7 @@ class Lifecycle(ClosedOnExit):
         delivery = request.delivery
         try:
             return await self._handler.process(delivery)
-        except Exception as exc:  # the task boundary: every request must reach an outcome
+        except Exception as exc:  # noqa: BLE001 - the task boundary: every request reaches an outcome
             try:
                 return await self._handler.recover(delivery, exc)
             except Exception as again:  # recovering failed too: keep it pending, try later

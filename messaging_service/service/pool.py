@@ -245,7 +245,7 @@ class WorkerPool(ClosedOnExit):
                     raise
                 # Not our cancellation: the job awaited something someone else cancelled.
                 self._panic(exc)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a job's bug must not end its worker
                 self._panic(exc)
             else:
                 if status is JobStatus.FAILED:

@@ -121,7 +121,7 @@ class DelayQueue(ClosedOnExit):
                 raise
             # Not our cancellation: submit awaited something someone else cancelled.
             self._report(exc, job)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one failed hand-off must not stop later retries
             self._report(exc, job)
         finally:
             self._handing_on = 0
