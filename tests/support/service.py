@@ -39,6 +39,7 @@ def settings_for(
     redis_url: str | None = None,
     email: Mapping[str, Any] | None = None,
     dkim: Mapping[str, Any] | None = None,
+    kafka: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Settings for one test: its own topics and group, the lowered group timeouts."""
     return load_settings(
@@ -50,6 +51,7 @@ def settings_for(
             "group_id": topics.group,
             "commit_interval_ms": commit_interval_ms,
             **KAFKA_TIMEOUTS,
+            **(kafka or {}),
         },
         smtp={"host": "127.0.0.1", "port": smtp_port, "timeout": smtp_timeout},
         email={
@@ -104,6 +106,9 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "DEDUP_KEY_PREFIX": settings.dedup.key_prefix,
         }
     )
+    if kafka.priority_topic is not None:
+        env["KAFKA_PRIORITY_TOPIC"] = kafka.priority_topic
+        env["EMAIL_PRIORITY_SHARE"] = str(email.priority_share)
     if settings.dedup.redis_url is not None:
         env["DEDUP_REDIS_URL"] = settings.dedup.redis_url.get_secret_value()
     return env
