@@ -10,13 +10,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from messaging_service import report
-from messaging_service.content_mode import content_markdown
-from messaging_service.content_mode import variants as content_variants
-from messaging_service.crash import CrashPlan, CrashResult, crash_markdown, measure_crash
-from messaging_service.memory import measure_memory, memory_markdown
-from messaging_service.profile import profile_markdown, profile_service
-from messaging_service.runner import (
+from bench import report
+from bench.content_mode import content_markdown
+from bench.content_mode import variants as content_variants
+from bench.crash import CrashPlan, CrashResult, crash_markdown, measure_crash
+from bench.memory import measure_memory, memory_markdown
+from bench.profile import profile_markdown, profile_service
+from bench.runner import (
     Context,
     Point,
     Target,
@@ -25,7 +25,7 @@ from messaging_service.runner import (
     measure_service,
     steps,
 )
-from messaging_service.tools import REPO, ensure_smtp_sink
+from bench.tools import REPO, ensure_smtp_sink
 from support.apache_kafka import ApacheKafka, missing
 from support.kafka import EmbeddedBroker
 

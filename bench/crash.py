@@ -19,11 +19,11 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
+from bench.service import ServiceConfig, ServiceProcess, metric
+from bench.sinks import DelaySink
+from bench.workload import produce_backlog
 from messaging_service.adapters.kafka_admin import admin_client
 from messaging_service.core.offsetmap import OffsetMap, decode
-from messaging_service.service import ServiceConfig, ServiceProcess, metric
-from messaging_service.sinks import DelaySink
-from messaging_service.workload import produce_backlog
 from support.kafka import create_topic
 
 MAP_DEFAULT = "3072"

@@ -12,11 +12,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from messaging_service.meter import ProcessMeter
-from messaging_service.runner import Context
-from messaging_service.service import ServiceConfig, ServiceProcess, metric
-from messaging_service.sinks import SmtpSink
-from messaging_service.workload import produce_backlog
+from bench.meter import ProcessMeter
+from bench.runner import Context
+from bench.service import ServiceConfig, ServiceProcess, metric
+from bench.sinks import SmtpSink
+from bench.workload import produce_backlog
 from support.kafka import create_topic
 
 _SCRAPE_EVERY = 2.0

@@ -20,12 +20,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from messaging_service.meter import cpu_seconds
-from messaging_service.runner import Context
-from messaging_service.service import ServiceConfig, ServiceProcess, metric
-from messaging_service.sinks import SmtpSink
-from messaging_service.tools import REPO
-from messaging_service.workload import produce_backlog
+from bench.meter import cpu_seconds
+from bench.runner import Context
+from bench.service import ServiceConfig, ServiceProcess, metric
+from bench.sinks import SmtpSink
+from bench.tools import REPO
+from bench.workload import produce_backlog
 from support.kafka import create_topic
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from messaging_service.meter import ProcessMeter
-from messaging_service.service import ServiceConfig, ServiceProcess, metric
-from messaging_service.sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
-from messaging_service.tools import REPO
-from messaging_service.workload import produce_backlog, produce_paced
+from bench.meter import ProcessMeter
+from bench.service import ServiceConfig, ServiceProcess, metric
+from bench.sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
+from bench.tools import REPO
+from bench.workload import produce_backlog, produce_paced
 from support.kafka import create_topic
 
 Program = Literal["service", "plain"]

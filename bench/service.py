@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from messaging_service.content import SENDER
-from messaging_service.sinks import HOST, free_port
+from bench.content import SENDER
+from bench.sinks import HOST, free_port
 from support.kafka import KAFKA_TIMEOUTS
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
