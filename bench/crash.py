@@ -19,12 +19,13 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from bench.service import ServiceConfig, ServiceProcess, metric
-from bench.sinks import DelaySink
-from bench.workload import produce_backlog
 from messaging_service.adapters.kafka_admin import admin_client
 from messaging_service.core.offsetmap import OffsetMap, decode
 from support.kafka import create_topic
+
+from .service import ServiceConfig, ServiceProcess, metric
+from .sinks import DelaySink
+from .workload import produce_backlog
 
 MAP_DEFAULT = "3072"
 

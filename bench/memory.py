@@ -12,12 +12,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from bench.meter import ProcessMeter
-from bench.runner import Context
-from bench.service import ServiceConfig, ServiceProcess, metric
-from bench.sinks import SmtpSink
-from bench.workload import produce_backlog
 from support.kafka import create_topic
+
+from .meter import ProcessMeter
+from .runner import Context
+from .service import ServiceConfig, ServiceProcess, metric
+from .sinks import SmtpSink
+from .workload import produce_backlog
 
 _SCRAPE_EVERY = 2.0
 _REPORT_EVERY = 10.0

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.service import ServiceConfig, ServiceProcess
-from bench.sinks import DelaySink
-from bench.workload import produce_backlog, produce_paced
 from support.kafka import create_topic
+
+from .service import ServiceConfig, ServiceProcess
+from .sinks import DelaySink
+from .workload import produce_backlog, produce_paced
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,13 +20,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.meter import cpu_seconds
-from bench.runner import Context
-from bench.service import ServiceConfig, ServiceProcess, metric
-from bench.sinks import SmtpSink
-from bench.tools import REPO
-from bench.workload import produce_backlog
 from support.kafka import create_topic
+
+from .meter import cpu_seconds
+from .runner import Context
+from .service import ServiceConfig, ServiceProcess, metric
+from .sinks import SmtpSink
+from .tools import REPO
+from .workload import produce_backlog
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.runner import Point, Target
-from bench.tools import REPO
+from .runner import Point, Target
+from .tools import REPO
 
 CHART_NAME = "benchmark-throughput.png"
 JSON_NAME = "benchmark-results.json"

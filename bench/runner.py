@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.meter import ProcessMeter
-from bench.service import ServiceConfig, ServiceProcess, metric
-from bench.sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
-from bench.tools import REPO
-from bench.workload import produce_backlog, produce_paced
 from support.kafka import create_topic
+
+from .meter import ProcessMeter
+from .service import ServiceConfig, ServiceProcess, metric
+from .sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
+from .tools import REPO
+from .workload import produce_backlog, produce_paced
 
 Program = Literal["service", "plain"]
 TargetKind = Literal["latency", "zero"]

@@ -15,11 +15,14 @@ from prometheus_client import CollectorRegistry
 
 from messaging_service.adapters.attachment_fetch import HttpsAttachmentFetcher
 from messaging_service.adapters.dead_letters import KafkaDeadLetterSink
+from messaging_service.adapters.event_sink import KafkaEventSink
 from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
 from messaging_service.adapters.redis_sentlog import RedisSentLog
+from messaging_service.adapters.redis_suppression import RedisSuppressionStore
 from messaging_service.adapters.sentlog import MemorySentLog
 from messaging_service.adapters.smtp import SmtpSender
 from messaging_service.config import DedupSettings, DkimSettings, Settings
+from messaging_service.core.addresses import parse_address
 from messaging_service.core.circuit import CircuitBreaker
 from messaging_service.core.contract import RequestLimits
 from messaging_service.core.dkim import DEFAULT_HEADERS, DkimSigner, load_private_key
@@ -27,16 +30,21 @@ from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.offsets import OffsetTracker
 from messaging_service.core.ports import SentLog
 from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.suppression import MemorySuppressionStore, SuppressionStore
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import AdaptiveRate
 from messaging_service.core.watchdog import Watchdog
-from messaging_service.service.handler import RequestHandler
+from messaging_service.service.handler import Ports, RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.service.lifecycle import Lifecycle
+from messaging_service.service.outcomes import Outcomes
 from messaging_service.service.pipeline import Pipeline, PipelineSettings
 from messaging_service.service.pool import WorkerPool
+from messaging_service.service.preparer import Preparer
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
+from messaging_service.service.reporter import EventReporter
+from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.http import HttpServer, build_app
 from messaging_service.telemetry.metrics import LiveState, Metrics
 
@@ -67,8 +75,7 @@ async def run_service(
     registry = registry if registry is not None else CollectorRegistry()
     email = settings.email
     # Pure parts first: a broken template or sender fails the start, before any connection.
-    renderer = TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout)
-    builder = MessageBuilder(email.sender, signer=dkim_signer(settings.dkim))
+    preparer = _preparer(settings)
     # Never more failures than a request has attempts: an outage must open the circuit
     # before any request could run out of retries because of it.
     relay = Relay(
@@ -82,17 +89,13 @@ async def run_service(
 
     lanes = settings.kafka.priority_topic
 
-    def waiting() -> bool:
-        return tracker.waiting > 0
+    def alive() -> bool:
+        return watchdog.alive(waiting=tracker.waiting > 0, excused=relay.circuit_open)
 
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             HttpServer(
-                build_app(
-                    registry,
-                    health,
-                    live=lambda: watchdog.alive(waiting=waiting(), excused=relay.circuit_open),
-                ),
+                build_app(registry, health, live=alive),
                 host=settings.http.host,
                 port=settings.http.port,
             )
@@ -101,25 +104,18 @@ async def run_service(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
         handler = RequestHandler(
-            renderer=renderer,
-            builder=builder,
-            sender=sender,
-            dead_letters=await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka)),
+            preparer=preparer,
+            ports=await _ports(stack, settings, sender, metrics),
+            outcomes=Outcomes(
+                metrics=metrics,
+                events=await _events(stack, settings, metrics, health),
+                sender_domain=parse_address(email.sender, allow_special_use=True).domain,
+            ),
             policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
             metrics=metrics,
             health=health,
             relay=relay,
             limiter=limiter,
-            limits=_limits(settings),
-            allowed_domains=email.allowed_domains,
-            sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
-            fetcher=await stack.enter_async_context(
-                HttpsAttachmentFetcher(
-                    hosts=email.attachment_url_hosts,
-                    ca_file=email.attachment_ca_file,
-                    timeout=email.attachment_fetch_timeout,
-                )
-            ),
         )
         pool = await stack.enter_async_context(
             WorkerPool(
@@ -168,6 +164,37 @@ async def run_service(
         committed = await pipeline.run(consumer, stop)
     log.info("service_stopped", final_commit="ok" if committed else "failed")
     return committed
+
+
+def _preparer(settings: Settings) -> Preparer:
+    """Templates, the message builder (with its DKIM key) and the request limits."""
+    email = settings.email
+    return Preparer(
+        renderer=TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout),
+        builder=MessageBuilder(email.sender, signer=dkim_signer(settings.dkim)),
+        limits=_limits(settings),
+        allowed_domains=email.allowed_domains,
+    )
+
+
+async def _ports(
+    stack: AsyncExitStack, settings: Settings, sender: SmtpSender, metrics: Metrics
+) -> Ports:
+    """The handler's adapters, each closed by ``stack``."""
+    email = settings.email
+    return Ports(
+        sender=sender,
+        dead_letters=await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka)),
+        sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
+        suppressor=await _suppressor(stack, settings, metrics),
+        fetcher=await stack.enter_async_context(
+            HttpsAttachmentFetcher(
+                hosts=email.attachment_url_hosts,
+                ca_file=email.attachment_ca_file,
+                timeout=email.attachment_fetch_timeout,
+            )
+        ),
+    )
 
 
 def dkim_signer(settings: DkimSettings) -> DkimSigner | None:
@@ -250,9 +277,17 @@ def _log_started(settings: Settings, http_port: int) -> None:
         dkim=None
         if settings.dkim.domain is None
         else f"{settings.dkim.selector}._domainkey.{settings.dkim.domain}",
+        events=settings.kafka.events_topic or "off",
+        suppression=_suppression_store_name(settings),
         http_port=http_port,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
+
+
+def _suppression_store_name(settings: Settings) -> str:
+    if not settings.email.suppression:
+        return "off"
+    return "memory" if settings.dedup.redis_url is None else "redis"
 
 
 @contextlib.asynccontextmanager
@@ -263,6 +298,33 @@ async def _sent_log(settings: DedupSettings) -> AsyncIterator[SentLog]:
         return
     async with RedisSentLog(settings) as store:
         yield store
+
+
+async def _events(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics, health: Health
+) -> EventReporter | None:
+    """Outcome events to KAFKA_EVENTS_TOPIC, or None when it is empty (events off)."""
+    if not settings.kafka.events_enabled:
+        return None
+    sink = await stack.enter_async_context(KafkaEventSink(settings.kafka))
+    return EventReporter(sink, metrics=metrics, health=health)
+
+
+async def _suppressor(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics
+) -> Suppressor | None:
+    """The suppression list (None with EMAIL_SUPPRESSION=off): Redis if configured, else memory."""
+    email = settings.email
+    if not email.suppression:
+        return None
+    store: SuppressionStore
+    if settings.dedup.redis_url is None:
+        store = MemorySuppressionStore(max_entries=email.suppression_max_entries)
+    else:
+        store = await stack.enter_async_context(
+            RedisSuppressionStore(settings.dedup, key_prefix=email.suppression_key_prefix)
+        )
+    return Suppressor(store, ttl=email.suppression_ttl, metrics=metrics)
 
 
 def _log_panic(error: BaseException) -> None:

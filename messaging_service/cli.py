@@ -32,6 +32,7 @@ _LAZY_COMMANDS = {
     "send": "messaging_service.ops.commands:send",
     "render": "messaging_service.ops.commands:render",
     "dlq": "messaging_service.ops.commands:dlq",
+    "suppression": "messaging_service.ops.commands:suppression",
 }
 
 

@@ -208,11 +208,14 @@ class _DevSession:
             await create_topic(self.bootstrap, kafka.dlq_topic, 1)
             if kafka.priority_topic is not None:
                 await create_topic(self.bootstrap, kafka.priority_topic, 1)
+            if kafka.events_enabled:
+                await create_topic(self.bootstrap, kafka.events_topic, 1)
         except (KafkaError, TimeoutError) as exc:
             raise ServiceError(f"cannot create the topics: {describe_error(exc)}") from exc
+        events = f", {kafka.events_topic}" if kafka.events_enabled else ""
         priority = "" if kafka.priority_topic is None else f", {kafka.priority_topic} (priority)"
         self.console.line(
-            f"topics   {kafka.topic} ({_REQUEST_PARTITIONS}), {kafka.dlq_topic}{priority}"
+            f"topics   {kafka.topic} ({_REQUEST_PARTITIONS}), {kafka.dlq_topic}{events}{priority}"
         )
 
     async def _exercise(

@@ -8,111 +8,65 @@ the caller holds the delivery until the circuit closes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from messaging_service.core.attachments import (
     AttachmentPart,
-    AttachmentSource,
     RemoteAttachment,
-    resolve,
     total_size,
 )
-from messaging_service.core.contract import (
-    EmailRequest,
-    RequestLimits,
-    check_recipient_domains,
-    guess_request_id,
-    parse_request,
+from messaging_service.core.events import (
+    EventType,
+    RecipientStatus,
 )
-from messaging_service.core.lanes import Lane
-from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.ports import AttachmentFetcher, DeadLetterSink, Sender, SentLog
 from messaging_service.core.retry import Backoff, RetryPolicy
-from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.suppression import normalise_address
 from messaging_service.core.throttle import is_throttling
 from messaging_service.core.values import (
-    NO_LABELS,
     DeadLetter,
-    EmailLabels,
     FailureReason,
-    InboundRecord,
     Outcome,
     OutgoingEmail,
-    RenderedEmail,
+    RecipientRefusal,
 )
 from messaging_service.errors import (
     AttachmentError,
     AttachmentUnavailableError,
     DeadLetterUnavailableError,
-    InvalidPayloadError,
-    RecipientNotAllowedError,
     SentLogUnavailableError,
     ServiceError,
+    SmtpError,
     SmtpRejectedError,
     SmtpTransientError,
     SmtpUnavailableError,
-    TemplateError,
 )
+from messaging_service.service.delivery import Delivery, Parked, RetryIn, Step, Unfetched
 from messaging_service.service.health import Health
+from messaging_service.service.outcomes import Outcomes
+from messaging_service.service.preparer import Preparer
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
+from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(slots=True, eq=False)
-class Unfetched:
-    """Rendered, but with attachment URLs still to fetch (I/O, so not in ``prepare``).
-
-    Fetched bytes replace their RemoteAttachment here, so a retry fetches only what is missing.
-    """
-
-    request: EmailRequest
-    rendered: RenderedEmail
-    attachments: list[AttachmentSource]
-
-
-@dataclass(slots=True, eq=False)
-class Delivery:
-    """The state of one request across its attempts; owned by whoever holds it now."""
-
-    record: InboundRecord
-    email_id: str | None = None
-    email: OutgoingEmail | None = None
-    attempts: int = 0
-    dead_letter: DeadLetter | None = None
-    publish_failures: int = 0
-    unexpected_failures: int = 0
-    refusal: tuple[FailureReason, Exception] | None = None
-    """Why preparing it failed (it is dead-lettered by its next step), if it did."""
-    unfetched: Unfetched | None = None
-    labels: EmailLabels = NO_LABELS
-    """Template, locale, tags and metadata, once the request was read: logged with outcomes."""
-    lane: Lane = Lane.NORMAL
-    """The lane it came in by (its topic): counted by lane in the metrics."""
-
-
 @dataclass(frozen=True, slots=True)
-class Finished:
-    outcome: Outcome
+class Ports:
+    """What the handler reaches the outside world through: the adapters, by their Protocols."""
 
-
-@dataclass(frozen=True, slots=True)
-class RetryIn:
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Parked:
-    """The relay is down (circuit open): hold the delivery until it is back; no attempt spent."""
-
-
-Step = Finished | RetryIn | Parked
+    sender: Sender
+    dead_letters: DeadLetterSink
+    sent_log: SentLog | None = None
+    suppressor: Suppressor | None = None
+    fetcher: AttachmentFetcher | None = None
 
 
 class RequestHandler:
@@ -121,69 +75,38 @@ class RequestHandler:
     def __init__(
         self,
         *,
-        renderer: TemplateRenderer,
-        builder: MessageBuilder,
-        sender: Sender,
-        dead_letters: DeadLetterSink,
+        preparer: Preparer,
+        ports: Ports,
+        outcomes: Outcomes,
         policy: RetryPolicy,
         metrics: Metrics,
         health: Health,
         relay: Relay | None = None,
         limiter: SendRateLimiter | None = None,
-        sent_log: SentLog | None = None,
         dead_letter_backoff: Backoff | None = None,
-        clock: Callable[[], float] = time.time,
-        limits: RequestLimits | None = None,
-        allowed_domains: tuple[str, ...] = (),
-        fetcher: AttachmentFetcher | None = None,
     ) -> None:
-        self._renderer = renderer
-        self._builder = builder
-        self._sender = sender
-        self._dead_letters = dead_letters
+        self._preparer = preparer
+        self._sender = ports.sender
+        self._dead_letters = ports.dead_letters
+        self._sent_log = ports.sent_log
+        self._suppressor = ports.suppressor
+        self._fetcher = ports.fetcher
+        self._outcomes = outcomes
         self._policy = policy
         self._metrics = metrics
         self._health = health
         self._relay = relay if relay is not None else health.relay
         self._limiter = limiter
-        self._sent_log = sent_log
         self._backoff = dead_letter_backoff or Backoff()
-        self._clock = clock
-        self._limits = limits or RequestLimits()
-        self._allowed_domains = allowed_domains
-        self._fetcher = fetcher
 
     def prepare(self, delivery: Delivery) -> None:
-        """Parse, check and render the request into wire bytes, once; no I/O, never awaits.
-
-        The pipeline calls this before a delivery waits for a worker, so a worker freed by
-        the relay's reply can send at once instead of rendering first. A request that cannot
-        be prepared keeps its reason, and its next step dead-letters it. Other exceptions
-        (bugs) propagate; the delivery stays unprepared and ``process`` tries again.
-        """
-        if delivery.email is not None or delivery.refusal is not None:
-            return
-        if delivery.unfetched is not None:
-            return
-        try:
-            prepared = self._prepare(delivery)
-        except InvalidPayloadError as exc:
-            delivery.refusal = (FailureReason.INVALID_PAYLOAD, exc)
-        except RecipientNotAllowedError as exc:
-            delivery.refusal = (FailureReason.RECIPIENT_NOT_ALLOWED, exc)
-        except TemplateError as exc:
-            delivery.refusal = (FailureReason.TEMPLATE_ERROR, exc)
-        except AttachmentError as exc:
-            delivery.refusal = (FailureReason.ATTACHMENT_ERROR, exc)
-        else:
-            if isinstance(prepared, Unfetched):
-                delivery.unfetched = prepared
-            else:
-                delivery.email = prepared
-                delivery.labels = prepared.labels
+        """Parse, check and render ahead of the worker (see ``Preparer.prepare``)."""
+        self._preparer.prepare(delivery)
 
     async def process(self, delivery: Delivery) -> Step:
-        """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
+        """Run the next step: first attempt, a retry, or a dead-letter or event publish."""
+        if delivery.final_event is not None:
+            return await self._outcomes.report(delivery)
         if delivery.dead_letter is not None:
             return await self._publish(delivery)
         if delivery.email is None and delivery.refusal is None and delivery.unfetched is None:
@@ -195,7 +118,7 @@ class RequestHandler:
         if delivery.unfetched is not None:
             # A redelivered request that was sent already is not worth a download.
             if delivery.email_id is not None and await self._already_sent(delivery.email_id):
-                return self._duplicate(delivery)
+                return await self._duplicate(delivery)
             step = await self._fetch(delivery, delivery.unfetched)
             if step is not None:
                 return step
@@ -210,6 +133,8 @@ class RequestHandler:
         """
         self._metrics.unexpected_errors.inc()
         log.error("unexpected_error", exc_info=error, attempt=delivery.attempts)
+        if delivery.final_event is not None:
+            return await self._outcomes.report(delivery)
         if delivery.dead_letter is not None:
             return await self._publish(delivery)
         delivery.unexpected_failures += 1
@@ -218,43 +143,13 @@ class RequestHandler:
             return RetryIn(delay)
         return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, error)
 
-    def _prepare(self, delivery: Delivery) -> OutgoingEmail | Unfetched:
-        value = delivery.record.value
-        try:
-            request = parse_request(value, self._limits)
-        except InvalidPayloadError:
-            # An oversized record is not parsed again just to find its id.
-            small = value is not None and len(value) <= self._limits.max_record_bytes
-            delivery.email_id = guess_request_id(value) if small else None
-            raise
-        delivery.email_id = request.id
-        delivery.labels = EmailLabels(
-            template=request.template, tags=tuple(request.tags), metadata=request.metadata
-        )
-        check_recipient_domains(request, self._allowed_domains)
-        if not request.attachments:
-            return self._builder.build(request, self._renderer.render(request))
-        limits = self._limits
-        attachments = resolve(
-            request.attachments,
-            max_bytes=limits.max_attachment_bytes,
-            url_hosts=limits.attachment_url_hosts,
-        )
-        rendered = self._renderer.render(request)
-        if rendered.html is None and any(part.content_id for part in attachments):
-            raise AttachmentError("an attachment with content_id (inline) needs an HTML body")
-        ready = [part for part in attachments if isinstance(part, AttachmentPart)]
-        if len(ready) < len(attachments):
-            return Unfetched(request, rendered, attachments)
-        return self._builder.build(request, rendered, ready)
-
     async def _fetch(self, delivery: Delivery, unfetched: Unfetched) -> Step | None:
         """Fetch the attachment URLs still missing, then build; a Step when that failed."""
         parts = unfetched.attachments
         for index, part in enumerate(parts):
             if not isinstance(part, RemoteAttachment):
                 continue
-            budget = self._limits.max_attachment_bytes - total_size(parts)
+            budget = self._preparer.limits.max_attachment_bytes - total_size(parts)
             try:
                 if self._fetcher is None:
                     raise AttachmentError("attachment URLs are not fetched by this service")
@@ -277,14 +172,24 @@ class RequestHandler:
                 )
                 return RetryIn(delay)
         complete = [part for part in parts if isinstance(part, AttachmentPart)]
-        delivery.email = self._builder.build(unfetched.request, unfetched.rendered, complete)
+        delivery.email = self._preparer.complete(unfetched, complete)
         delivery.labels = delivery.email.labels
         delivery.unfetched = None
         return None
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
         if await self._already_sent(email.email_id):
-            return self._duplicate(delivery)
+            return await self._duplicate(delivery)
+        remaining = await self._without_suppressed(delivery, email)
+        if remaining is None:
+            self._metrics.suppressed.inc()
+            log.info("email_suppressed", recipients=len(delivery.suppressed))
+            return await self._outcomes.conclude(
+                delivery,
+                Outcome.SUPPRESSED,
+                self._outcomes.recipients(delivery, RecipientStatus.SUPPRESSED),
+            )
+        email = remaining
         relay = self._relay
         if relay.circuit_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
@@ -300,6 +205,7 @@ class RequestHandler:
         except SmtpRejectedError as exc:
             self._observe_attempt(started, "rejected")
             self._relay_answered()
+            await self._hard_bounced(exc.refusals)
             return await self._dead_letter(
                 delivery, FailureReason.SMTP_REJECTED, exc, code=exc.code
             )
@@ -313,6 +219,7 @@ class RequestHandler:
             return await self._transient(delivery, exc)
         except SmtpTransientError as exc:
             self._observe_attempt(started, "transient")
+            await self._hard_bounced(exc.refusals)
             if exc.code is None:
                 relay.unreachable(counts=False)
             else:
@@ -331,7 +238,6 @@ class RequestHandler:
                 smtp_message=refusal.message,
             )
         self._metrics.sent_by_lane[delivery.lane].inc()
-        self._finish(delivery, Outcome.SENT)
         log.info(
             "email_sent",
             attempt=delivery.attempts,
@@ -341,13 +247,21 @@ class RequestHandler:
         # Still "right after the 250": nothing above yields to the event loop. Counting first
         # keeps email_sent_total from lagging behind the relay by a store round trip.
         await self._remember(email.email_id)
-        return Finished(Outcome.SENT)
+        await self._hard_bounced(report.refused)
+        return await self._outcomes.conclude(
+            delivery,
+            Outcome.SENT,
+            self._outcomes.recipients(delivery, RecipientStatus.ACCEPTED, report.refused),
+        )
 
-    def _duplicate(self, delivery: Delivery) -> Step:
+    async def _duplicate(self, delivery: Delivery) -> Step:
         self._metrics.duplicates_skipped.inc()
-        self._finish(delivery, Outcome.DUPLICATE)
         log.info("email_duplicate_skipped", attempts=delivery.attempts)
-        return Finished(Outcome.DUPLICATE)
+        return await self._outcomes.conclude(
+            delivery,
+            Outcome.DUPLICATE,
+            self._outcomes.recipients(delivery, RecipientStatus.NOT_SENT),
+        )
 
     def _relay_answered(self) -> None:
         self._relay.answered()
@@ -403,6 +317,10 @@ class RequestHandler:
             smtp_code=exc.code,
             error=str(exc),
         )
+        if self._outcomes.events is not None:
+            recipients = self._outcomes.recipients(delivery, RecipientStatus.DEFERRED, exc.refusals)
+            event = self._outcomes.event(delivery, EventType.DEFERRED, recipients, error=exc)
+            await self._outcomes.events.deferred(dataclasses.replace(event, retry_in=delay))
         return RetryIn(delay)
 
     async def _dead_letter(
@@ -443,7 +361,6 @@ class RequestHandler:
             return RetryIn(delay)
         self._health.dead_letter_sink_ok = True
         self._metrics.dead_letters.labels(letter.reason.value, delivery.lane.value).inc()
-        self._finish(delivery, Outcome.DEAD_LETTERED)
         log.warning(
             "email_dead_lettered",
             reason=letter.reason.value,
@@ -453,18 +370,38 @@ class RequestHandler:
             error_type=type(letter.error).__name__,
             **delivery.labels.log_fields(),
         )
-        return Finished(Outcome.DEAD_LETTERED)
+        refusals = letter.error.refusals if isinstance(letter.error, SmtpError) else ()
+        return await self._outcomes.conclude(
+            delivery,
+            Outcome.DEAD_LETTERED,
+            self._outcomes.recipients(delivery, RecipientStatus.FAILED, refusals),
+        )
+
+    # Outcome events and the suppression list
+
+    async def _without_suppressed(
+        self, delivery: Delivery, email: OutgoingEmail
+    ) -> OutgoingEmail | None:
+        """``email`` without its suppressed recipients; None when every one is suppressed."""
+        if self._suppressor is None:
+            return email
+        found = await self._suppressor.suppressed(email.recipients)
+        delivery.suppressed = frozenset(normalise_address(address) for address in found)
+        if not found:
+            return email
+        remaining = [address for address in email.recipients if address not in found]
+        if not remaining:
+            return None
+        return dataclasses.replace(email, recipients=remaining)
+
+    async def _hard_bounced(self, refusals: Sequence[RecipientRefusal]) -> None:
+        if self._suppressor is not None and refusals:
+            await self._suppressor.hard_bounced(refusals)
 
     def _observe_attempt(self, started: float, error_kind: str | None) -> None:
         self._metrics.send_duration.observe(time.perf_counter() - started)
         if error_kind is not None:
             self._metrics.send_errors.labels(error_kind).inc()
-
-    def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
-        timestamp_ms = delivery.record.timestamp_ms
-        if timestamp_ms is not None and timestamp_ms > 0:
-            elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)
-            self._metrics.end_to_end.labels(outcome.value, delivery.lane.value).observe(elapsed)
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

@@ -53,7 +53,7 @@ async def test_priority_requests_overtake_a_normal_backlog(
     topics, priority = await lane_topics(broker)
     relay.delay_data(0.02)
     settings = settings_for(
-        broker.bootstrap,
+        broker,
         topics,
         relay.port,
         workers=4,
@@ -85,7 +85,7 @@ async def test_a_steady_priority_stream_does_not_starve_the_normal_lane(
     topics, priority = await lane_topics(broker, partitions=1)
     relay.delay_data(0.01)
     settings = settings_for(
-        broker.bootstrap,
+        broker,
         topics,
         relay.port,
         workers=2,
@@ -111,7 +111,7 @@ async def test_both_lanes_commit_everything_across_a_rebalance_and_a_restart(
     topics, priority = await lane_topics(broker, partitions=2)
     relay.delay_data(0.01)
     settings = settings_for(
-        broker.bootstrap,
+        broker,
         topics,
         relay.port,
         workers=2,

@@ -19,7 +19,6 @@ from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import InboundRecord
 from messaging_service.core.watchdog import Watchdog
-from messaging_service.service.handler import RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.service.lifecycle import Lifecycle
 from messaging_service.service.pipeline import Pipeline, PipelineSettings
@@ -27,6 +26,7 @@ from messaging_service.service.pool import WorkerPool
 from messaging_service.service.relay import Relay
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSource
+from support.handler import make_handler
 
 TP = TopicPartition("email.requests", 0)
 
@@ -82,7 +82,7 @@ async def running(
     lanes = priority_topic is not None
     pool_share = priority_share if lanes else None
     async with WorkerPool(size=workers, capacity=buffer, priority_share=pool_share) as pool:
-        handler = RequestHandler(
+        handler = make_handler(
             renderer=renderer or TemplateRenderer(),
             builder=MessageBuilder("shop@example.com"),
             sender=sender,

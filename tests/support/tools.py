@@ -32,6 +32,7 @@ ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "messaging-service.json"
 PROMETHEUS_BIN = REPO / ".tools" / "prometheus" / "usr" / "bin"
 REDIS_SERVER = REPO / ".tools" / "redis" / "bin" / "redis-server"
+ASYNCAPI_MODULES = REPO / ".tools" / "asyncapi" / "node_modules"
 
 # Every metric name the service exports starts with this.
 _METRIC = re.compile(r"\bemail_[a-z0-9_]+\b")
@@ -81,6 +82,16 @@ def promtool() -> Path:
 def redis_server() -> Path:
     """A wrapper script that runs Debian's redis-server with its shared libraries."""
     return _executable(REDIS_SERVER, "run scripts/fetch-tools")
+
+
+def asyncapi_parser() -> tuple[Path, Path]:
+    """node and the node_modules folder holding the AsyncAPI project's @asyncapi/parser."""
+    node = shutil.which("node")
+    if node is None:
+        _missing("node is not on PATH: the AsyncAPI parser is a Node.js package")
+    if not (ASYNCAPI_MODULES / "@asyncapi" / "parser" / "package.json").is_file():
+        _missing(f"{ASYNCAPI_MODULES}/@asyncapi/parser is missing: run scripts/fetch-tools")
+    return Path(node), ASYNCAPI_MODULES
 
 
 def load_yaml(path: Path) -> Any:
