@@ -84,6 +84,7 @@ class Outcomes:
             recipients=recipients,
             error=error if error is not None or letter is None else letter.error,
             failure=None if letter is None else letter.reason.value,
+            lane=delivery.lane,
         )
 
     def recipients(

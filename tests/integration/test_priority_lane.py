@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from support.events import read_events
 from support.kafka import (
     Broker,
     Topics,
@@ -157,3 +158,18 @@ async def committed_total_is(
         await committed_sum(broker, topics.group, topics.requests) == normal
         and await committed_sum(broker, topics.group, priority) == urgent
     )
+
+
+async def test_outcome_events_carry_the_lane(broker: Broker, relay: SmtpTestServer) -> None:
+    topics, priority = await lane_topics(broker, partitions=1)
+    events = unique("events")
+    await create_topic(broker.bootstrap, events, partitions=1)
+    settings = settings_for(
+        broker, topics, relay.port, events_topic=events, kafka={"priority_topic": priority}
+    )
+    await publish(broker, topics.requests, ["n-1"])
+    await publish(broker, priority, ["p-1"])
+    async with in_process(settings):
+        published = await read_events(broker.bootstrap, events, expected=2)
+    lanes = {event.request_id: event.value["lane"] for event in published}
+    assert lanes == {"n-1": "normal", "p-1": "priority"}
