@@ -16,6 +16,9 @@ from messaging_service.core.values import InboundRecord
 
 # How long one fetch may wait when both lanes take records: bounds how quickly a stop is seen.
 _FETCH_WAIT_MS = 100
+# Normal records taken per round: each is prepared (parsed, rendered) before the loop looks at
+# the priority topic again, so a large batch would hold a priority record back by its CPU time.
+_NORMAL_BATCH = 16
 # While the normal lane is full only priority records can be taken: wait for them in short
 # polls, so room appearing in the normal lane is seen soon (a poll costs tens of microseconds).
 _PRIORITY_POLL_MS = 20
@@ -67,7 +70,7 @@ class LaneAdmission:
                 max_records=priority_room, timeout_ms=0, topics=(self._priority,)
             )
         if normal_open:
-            normal_room = min(normal_room, owner.room(Lane.NORMAL) - len(records))
+            normal_room = min(normal_room, owner.room(Lane.NORMAL) - len(records), _NORMAL_BATCH)
             if records:
                 if normal_room >= 1:
                     records += await source.fetch(
