@@ -122,10 +122,6 @@ class WorkerPool(ClosedOnExit):
         """How many more jobs the queue (with lanes: the normal lane) takes now."""
         return self.free(Lane.NORMAL)
 
-    @property
-    def has_lanes(self) -> bool:
-        return self._lanes is not None
-
     def free(self, lane: Lane) -> int:
         """How many more jobs ``lane`` takes now (without lanes, every lane is the one queue)."""
         lanes = self._lanes
