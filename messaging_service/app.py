@@ -76,18 +76,12 @@ async def run_service(
     email = settings.email
     # Pure parts first: a broken template or sender fails the start, before any connection.
     preparer = _preparer(settings)
-    # Never more failures than a request has attempts: an outage must open the circuit
-    # before any request could run out of retries because of it.
-    relay = Relay(
-        CircuitBreaker(threshold=min(settings.smtp.circuit_threshold, email.max_retries + 1))
-    )
+    relay = _relay(settings)
     health = Health(relay=relay)
     metrics = Metrics(registry)
     tracker = OffsetTracker(map_max_bytes=settings.kafka.offset_map_max_bytes)
     limiter = SendRateLimiter(AdaptiveRate(email.rate_limit or None))
     watchdog = Watchdog(settings.runtime.watchdog_timeout)
-
-    lanes = settings.kafka.priority_topic
 
     def alive() -> bool:
         return watchdog.alive(waiting=tracker.waiting > 0, excused=relay.circuit_open)
@@ -103,29 +97,8 @@ async def run_service(
         sender = await stack.enter_async_context(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
-        handler = RequestHandler(
-            preparer=preparer,
-            ports=await _ports(stack, settings, sender, metrics),
-            outcomes=Outcomes(
-                metrics=metrics,
-                events=await _events(stack, settings, metrics, health),
-                sender_domain=parse_address(email.sender, allow_special_use=True).domain,
-            ),
-            policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
-            metrics=metrics,
-            health=health,
-            relay=relay,
-            limiter=limiter,
-        )
-        pool = await stack.enter_async_context(
-            WorkerPool(
-                size=email.worker_count,
-                capacity=email.worker_buffer,
-                on_panic=_log_panic,
-                # A lane of its own for the priority topic; none at all without one.
-                priority_share=None if lanes is None else email.priority_share,
-            )
-        )
+        handler = await _handler(stack, settings, preparer, sender, metrics, health, limiter)
+        pool = await stack.enter_async_context(_pool(settings))
         lifecycle = await stack.enter_async_context(
             Lifecycle(
                 handler=handler,
@@ -133,7 +106,7 @@ async def run_service(
                 relay=relay,
                 metrics=metrics,
                 watchdog=watchdog,
-                log_lanes=lanes is not None,
+                log_lanes=settings.kafka.priority_topic is not None,
             )
         )
         pipeline = Pipeline(
@@ -150,20 +123,59 @@ async def run_service(
         await stack.enter_async_context(
             _background(lambda: relay.watch(sender.probe, settings.smtp.probe_interval))
         )
-        consumer = await stack.enter_async_context(
-            KafkaRequestConsumer(
-                settings.kafka,
-                on_assigned=pipeline.on_assigned,
-                on_revoked=pipeline.on_revoked,
-                on_restored=tracker.restore,
-            )
-        )
+        consumer = await stack.enter_async_context(_consumer(settings, pipeline, tracker))
         _log_started(settings, http.port)
         if on_started is not None:
             on_started(Running(http_port=http.port, health=health, registry=registry))
         committed = await pipeline.run(consumer, stop)
     log.info("service_stopped", final_commit="ok" if committed else "failed")
     return committed
+
+
+def _consumer(
+    settings: Settings, pipeline: Pipeline, tracker: OffsetTracker
+) -> KafkaRequestConsumer:
+    """The group member whose rebalances drive the pipeline and restore the offset maps."""
+    return KafkaRequestConsumer(
+        settings.kafka,
+        on_assigned=pipeline.on_assigned,
+        on_revoked=pipeline.on_revoked,
+        on_restored=tracker.restore,
+    )
+
+
+def _relay(settings: Settings) -> Relay:
+    # Never more failures than a request has attempts: an outage must open the circuit
+    # before any request could run out of retries because of it.
+    threshold = min(settings.smtp.circuit_threshold, settings.email.max_retries + 1)
+    return Relay(CircuitBreaker(threshold=threshold))
+
+
+async def _handler(
+    stack: AsyncExitStack,
+    settings: Settings,
+    preparer: Preparer,
+    sender: SmtpSender,
+    metrics: Metrics,
+    health: Health,
+    limiter: SendRateLimiter,
+) -> RequestHandler:
+    """The handler with its adapters (each closed by ``stack``) and outcome reporting."""
+    email = settings.email
+    return RequestHandler(
+        preparer=preparer,
+        ports=await _ports(stack, settings, sender, metrics),
+        outcomes=Outcomes(
+            metrics=metrics,
+            events=await _events(stack, settings, metrics, health),
+            sender_domain=parse_address(email.sender, allow_special_use=True).domain,
+        ),
+        policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
+        metrics=metrics,
+        health=health,
+        relay=health.relay,
+        limiter=limiter,
+    )
 
 
 def _preparer(settings: Settings) -> Preparer:
@@ -208,6 +220,18 @@ def dkim_signer(settings: DkimSettings) -> DkimSigner | None:
         selector=settings.selector,
         key=load_private_key(settings.private_key_file),
         headers=settings.headers or DEFAULT_HEADERS,
+    )
+
+
+def _pool(settings: Settings) -> WorkerPool:
+    email = settings.email
+    lanes = settings.kafka.priority_topic is not None
+    return WorkerPool(
+        size=email.worker_count,
+        capacity=email.worker_buffer,
+        on_panic=_log_panic,
+        # A lane of its own for the priority topic; none at all without one.
+        priority_share=email.priority_share if lanes else None,
     )
 
 

@@ -34,6 +34,7 @@ from messaging_service.core.values import (
     Outcome,
     OutgoingEmail,
     RecipientRefusal,
+    SendReport,
 )
 from messaging_service.errors import (
     AttachmentError,
@@ -190,8 +191,7 @@ class RequestHandler:
                 self._outcomes.recipients(delivery, RecipientStatus.SUPPRESSED),
             )
         email = remaining
-        relay = self._relay
-        if relay.circuit_open:
+        if self._relay.circuit_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
             return Parked()
         if self._limiter is not None:
@@ -202,33 +202,42 @@ class RequestHandler:
         started = time.perf_counter()
         try:
             report = await self._sender.send(email)
-        except SmtpRejectedError as exc:
+        except SmtpError as exc:
+            return await self._failed(delivery, exc, started)
+        self._observe_attempt(started, None)
+        self._relay_answered()
+        return await self._sent(delivery, email, report)
+
+    async def _failed(self, delivery: Delivery, exc: SmtpError, started: float) -> Step:
+        """An attempt the relay refused, deferred, or could not take at all."""
+        if isinstance(exc, SmtpRejectedError):
             self._observe_attempt(started, "rejected")
             self._relay_answered()
             await self._hard_bounced(exc.refusals)
             return await self._dead_letter(
                 delivery, FailureReason.SMTP_REJECTED, exc, code=exc.code
             )
-        except SmtpUnavailableError as exc:
+        if isinstance(exc, SmtpUnavailableError):
             self._observe_attempt(started, "unavailable")
-            if relay.unreachable():
+            if self._relay.unreachable():
                 # An outage is nobody's fault: this attempt does not count.
                 delivery.attempts -= 1
                 log.warning("email_parked", reason="smtp_circuit_open", error=str(exc))
                 return Parked()
             return await self._transient(delivery, exc)
-        except SmtpTransientError as exc:
-            self._observe_attempt(started, "transient")
-            await self._hard_bounced(exc.refusals)
-            if exc.code is None:
-                relay.unreachable(counts=False)
-            else:
-                self._relay_answered()
-                if is_throttling(exc.code):
-                    self._throttled(exc.code)
-            return await self._transient(delivery, exc)
-        self._observe_attempt(started, None)
-        self._relay_answered()
+        if not isinstance(exc, SmtpTransientError):
+            raise exc  # a kind the adapter does not raise: a bug, recovered as one
+        self._observe_attempt(started, "transient")
+        await self._hard_bounced(exc.refusals)
+        if exc.code is None:
+            self._relay.unreachable(counts=False)
+        else:
+            self._relay_answered()
+            if is_throttling(exc.code):
+                self._throttled(exc.code)
+        return await self._transient(delivery, exc)
+
+    async def _sent(self, delivery: Delivery, email: OutgoingEmail, report: SendReport) -> Step:
         for refusal in report.refused:
             self._metrics.recipients_refused.inc()
             log.warning(
