@@ -18,6 +18,7 @@ from .content_mode import content_markdown
 from .content_mode import variants as content_variants
 from .crash import CrashPlan, CrashResult, crash_markdown, measure_crash
 from .memory import measure_memory, memory_markdown
+from .priority import QUICK_PRIORITY, PriorityPlan, measure_priority, priority_markdown
 from .profile import profile_markdown, profile_service
 from .runner import (
     Context,
@@ -89,6 +90,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--crash",
         action="store_true",
         help="duplicates after kill -9 with and without offset maps (Apache Kafka)",
+    )
+    mode.add_argument(
+        "--priority",
+        action="store_true",
+        help="priority lane: latency of 50 priority requests behind 20,000 normal ones",
+    )
+    parser.add_argument(
+        "--priority-quick", action="store_true", help="with --priority: small counts (smoke)"
     )
     parser.add_argument("--crash-runs", type=int, default=3, help="pairs of crash runs")
     parser.add_argument("--crash-requests", type=int, default=2000)
@@ -195,6 +204,8 @@ async def run(args: argparse.Namespace) -> None:
             await _profile(ctx, args, machine)
         elif args.content:
             await _content(ctx, args, machine)
+        elif args.priority:
+            await _priority(ctx, args, machine)
         else:
             await _sweep(ctx, args, machine)
 
@@ -426,6 +437,20 @@ async def _content(ctx: Context, args: argparse.Namespace, machine: report.Machi
     report.write_json(args.out / "benchmark-content.json", finished, points)
     doc = args.out / report.DOC_NAME
     report.replace_section(doc, "content", body)
+    say(f"bench: wrote {doc}")
+    print("\n" + body)
+
+
+async def _priority(ctx: Context, args: argparse.Namespace, machine: report.Machine) -> None:
+    plan = QUICK_PRIORITY if args.priority_quick else PriorityPlan(partitions=args.partitions)
+    say(
+        f"bench: priority lane, {plan.priority} priority requests, idle and behind "
+        f"{plan.normal:,} normal ones"
+    )
+    result = await measure_priority(ctx.bootstrap, args.work_dir, plan)
+    body = priority_markdown(plan, result, machine_line=machine.finished().line())
+    doc = args.out / report.DOC_NAME
+    report.replace_section(doc, "priority", body)
     say(f"bench: wrote {doc}")
     print("\n" + body)
 

@@ -134,8 +134,14 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def metric(samples: Mapping[str, float], name: str, **labels: str) -> float:
-    """One sample's value (0 when absent); label order as the client library writes it."""
-    key = name
-    if labels:
-        key += "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-    return samples.get(key, 0.0)
+    """The sum of the samples of ``name`` that carry ``labels`` among any others (0 when absent).
+
+    So ``metric(samples, "email_sent_total")`` counts every lane.
+    """
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    total = 0.0
+    for key, value in samples.items():
+        base, _, rest = key.partition("{")
+        if base == name and wanted <= set(rest.rstrip("}").split(",")) - {""}:
+            total += value
+    return total

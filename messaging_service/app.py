@@ -104,12 +104,15 @@ async def run_service(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
         handler = await _handler(stack, settings, preparer, sender, metrics, health, limiter)
-        pool = await stack.enter_async_context(
-            WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
-        )
+        pool = await stack.enter_async_context(_pool(settings))
         lifecycle = await stack.enter_async_context(
             Lifecycle(
-                handler=handler, submit=pool.submit, relay=relay, metrics=metrics, watchdog=watchdog
+                handler=handler,
+                submit=pool.submit,
+                relay=relay,
+                metrics=metrics,
+                watchdog=watchdog,
+                log_lanes=settings.kafka.priority_topic is not None,
             )
         )
         pipeline = Pipeline(
@@ -123,10 +126,7 @@ async def run_service(
             watchdog=watchdog,
         )
         live = _live_state(pool, lifecycle, tracker, health, relay, limiter, watchdog)
-        metrics.watch(live)
-        if shared_metrics:
-            mirror = LiveMirror(live)
-            await stack.enter_async_context(_background(lambda: mirror.run(_MIRROR_INTERVAL)))
+        await _watch(stack, metrics, live, shared=shared_metrics)
         await stack.enter_async_context(
             _background(lambda: relay.watch(sender.probe, settings.smtp.probe_interval))
         )
@@ -230,6 +230,18 @@ def dkim_signer(settings: DkimSettings) -> DkimSigner | None:
     )
 
 
+def _pool(settings: Settings) -> WorkerPool:
+    email = settings.email
+    lanes = settings.kafka.priority_topic is not None
+    return WorkerPool(
+        size=email.worker_count,
+        capacity=email.worker_buffer,
+        on_panic=_log_panic,
+        # A lane of its own for the priority topic; none at all without one.
+        priority_share=email.priority_share if lanes else None,
+    )
+
+
 def _pipeline_settings(settings: Settings) -> PipelineSettings:
     return PipelineSettings(
         max_in_flight=settings.email.max_in_flight,
@@ -237,6 +249,8 @@ def _pipeline_settings(settings: Settings) -> PipelineSettings:
         shutdown_timeout=settings.runtime.shutdown_timeout,
         refill=max(1, settings.email.worker_buffer // 2),
         revocation_timeout=settings.kafka.revocation_timeout,
+        topic=settings.kafka.topic,
+        priority_topic=settings.kafka.priority_topic,
     )
 
 
@@ -287,6 +301,7 @@ def _log_started(settings: Settings, http_port: int) -> None:
     log.info(
         "service_started",
         topic=settings.kafka.topic,
+        priority_topic=settings.kafka.priority_topic,
         group=settings.kafka.group_id,
         group_instance_id=settings.kafka.group_instance_id,
         workers=settings.email.worker_count,
@@ -342,6 +357,14 @@ async def _suppressor(
             RedisSuppressionStore(settings.dedup, key_prefix=email.suppression_key_prefix)
         )
     return Suppressor(store, ttl=email.suppression_ttl, metrics=metrics)
+
+
+async def _watch(stack: AsyncExitStack, metrics: Metrics, live: LiveState, *, shared: bool) -> None:
+    """Export the live gauges; a child of ``run --processes`` also copies them for the sum."""
+    metrics.watch(live)
+    if shared:
+        mirror = LiveMirror(live)
+        await stack.enter_async_context(_background(lambda: mirror.run(_MIRROR_INTERVAL)))
 
 
 def _log_panic(error: BaseException) -> None:

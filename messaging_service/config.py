@@ -79,6 +79,15 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = "localhost:9092"
     topic: str = Field(default="email.requests", min_length=1)
     dlq_topic: str = Field(default="email.requests.dlq", min_length=1)
+    # The priority lane's topic, consumed in the same group as ``topic`` (unset or empty: no
+    # priority lane, and the service runs exactly as with one topic).
+    priority_topic: str | None = None
+
+    @field_validator("priority_topic")
+    @classmethod
+    def _empty_topic_is_off(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
     # Outcome events (sent, deferred, failed, duplicate, suppressed); empty turns them off.
     events_topic: str = "email.events"
     group_id: str = Field(default="messaging-service", min_length=1)
@@ -195,6 +204,8 @@ class EmailSettings(BaseSettings):
     worker_count: int = Field(default=10, ge=1, le=10_000)
     worker_buffer: int = Field(default=100, ge=1, le=1_000_000)
     max_in_flight: int = Field(default=1000, ge=1)
+    # The most of the workers' picks the priority lane takes while normal requests wait.
+    priority_share: float = Field(default=0.9, gt=0, lt=1)
     max_retries: int = Field(default=3, ge=0, le=100)
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 5.0, 10.0)
     templates_dir: Path | None = None
@@ -484,6 +495,12 @@ def _check_consistency(settings: Settings) -> None:
     if any(given) and not all(given):
         problems.append(
             "DKIM_DOMAIN/DKIM_SELECTOR/DKIM_PRIVATE_KEY_FILE: set all three to sign, or none"
+        )
+    kafka = settings.kafka
+    if kafka.priority_topic is not None and kafka.priority_topic in (kafka.topic, kafka.dlq_topic):
+        problems.append(
+            "KAFKA_PRIORITY_TOPIC: must differ from KAFKA_TOPIC and KAFKA_DLQ_TOPIC "
+            f"(got {kafka.priority_topic!r})"
         )
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))

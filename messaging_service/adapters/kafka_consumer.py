@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import aiokafka
@@ -82,7 +82,7 @@ class KafkaRequestConsumer(ClosedOnExit):
         return options
 
     async def __aenter__(self) -> KafkaRequestConsumer:
-        self._consumer.subscribe([self._settings.topic], listener=self._listener)
+        self._consumer.subscribe(self.topics, listener=self._listener)
         try:
             await self._consumer.start()
         except KafkaError as exc:
@@ -104,19 +104,55 @@ class KafkaRequestConsumer(ClosedOnExit):
                 # The broker is gone: the group notices at the session timeout instead.
                 log.warning("consumer_close_timed_out", timeout=self._call_timeout)
 
-    async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
-        """Records from unpaused partitions, in offset order per partition."""
+    @property
+    def topics(self) -> list[str]:
+        """The requests topic, and the priority topic when there is one (same group)."""
+        priority = self._settings.priority_topic
+        return [self._settings.topic] if priority is None else [self._settings.topic, priority]
+
+    async def fetch(
+        self, *, max_records: int, timeout_ms: int, topics: Collection[str] | None = None
+    ) -> list[InboundRecord]:
+        """Records from unpaused partitions (of ``topics`` only, if given), in offset order.
+
+        With ``topics`` the partitions are named to aiokafka, which then leaves the records it
+        fetched for the others where they are: asked for every partition, it drops what it holds
+        for paused ones (``FetchResult.check_assignment``) and reads it again after a resume.
+        When no partition is left to name, the poll names one that is never assigned: it
+        returns nothing and touches no buffer, but still counts as a poll for the group.
+        """
         if not self._restored.is_set():
             # Bounded: the reading side sets it when done, whatever happens, within its timeout.
             await self._restored.wait()
         try:
             async with asyncio.timeout(timeout_ms / 1000 + self._call_timeout):
                 batches = await self._consumer.getmany(
-                    timeout_ms=timeout_ms, max_records=max_records
+                    *self._partitions(topics), timeout_ms=timeout_ms, max_records=max_records
                 )
         except (KafkaError, TimeoutError) as exc:
             raise ConsumerError(f"fetch failed: {_describe(exc)}") from exc
         return [_record(message) for messages in batches.values() for message in messages]
+
+    def _partitions(self, topics: Collection[str] | None) -> list[aiokafka.TopicPartition]:
+        if topics is None:
+            return []  # every assigned partition, as aiokafka reads an empty list
+        paused = self._consumer.paused()
+        chosen = [
+            tp for tp in self._consumer.assignment() if tp.topic in topics and tp not in paused
+        ]
+        return chosen or [_NEVER_ASSIGNED]
+
+    def pause(self, topic: str) -> None:
+        """Stop fetching ``topic``; records already fetched for it are kept (see fetch())."""
+        consumer = self._consumer
+        todo = {tp for tp in consumer.assignment() if tp.topic == topic} - consumer.paused()
+        if todo:
+            consumer.pause(*todo)
+
+    def resume(self, topic: str) -> None:
+        paused = [tp for tp in self._consumer.paused() if tp.topic == topic]
+        if paused:
+            self._consumer.resume(*paused)
 
     def pause_all(self) -> None:
         assigned = self._consumer.assignment()
@@ -232,6 +268,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # meanwhile is tracked, never dropped. Their maps are read after that.
         await self._on_assigned(partitions)
         await self._owner.restore_offset_maps(partitions)
+
+
+# No topic can have an empty name, so this partition is never assigned (see fetch()).
+_NEVER_ASSIGNED = aiokafka.TopicPartition("", -1)
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from messaging_service.core.contract import EmailRequest
+from messaging_service.core.lanes import Lane
 from messaging_service.core.mime import message_id
 from messaging_service.core.suppression import enhanced_status, normalise_address
 from messaging_service.core.values import EmailLabels, InboundRecord, RecipientRefusal
@@ -118,6 +119,7 @@ class OutcomeEvent:
     reason: str | None = None
     smtp: SmtpReply | None = None
     retry_in: float | None = None
+    lane: Lane = Lane.NORMAL
 
     @property
     def event_id(self) -> str:
@@ -142,6 +144,7 @@ def outcome_event(
     recipients: Sequence[RecipientResult],
     error: Exception | None = None,
     failure: str | None = None,
+    lane: Lane = Lane.NORMAL,
 ) -> OutcomeEvent:
     """An event with the fields its type implies; ``failure`` is a dead letter's reason."""
     smtp = None
@@ -157,6 +160,7 @@ def outcome_event(
         permanent=_PERMANENT.get(type_),
         reason=failure if type_ is EventType.FAILED else _REASONS.get(type_),
         smtp=smtp,
+        lane=lane,
     )
 
 
@@ -240,6 +244,7 @@ def event_value(event: OutcomeEvent) -> dict[str, Any]:
         "tags": list(facts.tags),
         "metadata": dict(facts.metadata),
         "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        "lane": event.lane.value,
     }
 
 

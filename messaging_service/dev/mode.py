@@ -206,13 +206,16 @@ class _DevSession:
         try:
             await create_topic(self.bootstrap, kafka.topic, _REQUEST_PARTITIONS)
             await create_topic(self.bootstrap, kafka.dlq_topic, 1)
+            if kafka.priority_topic is not None:
+                await create_topic(self.bootstrap, kafka.priority_topic, 1)
             if kafka.events_enabled:
                 await create_topic(self.bootstrap, kafka.events_topic, 1)
         except (KafkaError, TimeoutError) as exc:
             raise ServiceError(f"cannot create the topics: {describe_error(exc)}") from exc
         events = f", {kafka.events_topic}" if kafka.events_enabled else ""
+        priority = "" if kafka.priority_topic is None else f", {kafka.priority_topic} (priority)"
         self.console.line(
-            f"topics   {kafka.topic} ({_REQUEST_PARTITIONS}), {kafka.dlq_topic}{events}"
+            f"topics   {kafka.topic} ({_REQUEST_PARTITIONS}), {kafka.dlq_topic}{events}{priority}"
         )
 
     async def _exercise(
@@ -250,7 +253,10 @@ class _DevSession:
         async with Publisher(kafka, client_id=f"{kafka.group_id}-dev") as publisher:
             for sample in self.samples:
                 value = encode_request(sample.request)
-                await publisher.publish(kafka.topic, value, key=sample.id.encode())
+                topic = kafka.topic
+                if sample.priority and kafka.priority_topic is not None:
+                    topic = kafka.priority_topic
+                await publisher.publish(topic, value, key=sample.id.encode())
         names = ", ".join(sample.describe() for sample in self.samples)
         self.console.line(f"samples  published {len(self.samples)}: {names}")
 
@@ -310,15 +316,20 @@ class _DevSession:
             ("KAFKA_TOPIC", settings.kafka.topic, "email.requests"),
             ("KAFKA_DLQ_TOPIC", settings.kafka.dlq_topic, "email.requests.dlq"),
             ("KAFKA_GROUP_ID", settings.kafka.group_id, "messaging-service"),
+            ("KAFKA_PRIORITY_TOPIC", settings.kafka.priority_topic or "", ""),
         ):
             if value != default:
                 env += f" {variable}={shlex.quote(value)}"
         command = f"{env} {_self_command()}"
         data = shlex.quote('{"name": "You"}')
+        reset = shlex.quote('{"name": "You", "reset_url": "https://shop.example.com/reset/x"}')
         for line in (
             "",
             "Publish more requests from another terminal:",
             f"  {command} send --template welcome --to you@example.com --data {data}",
+            f"  {command} send --priority --template password_reset --to you@example.com "
+            f"--data {reset}",
+            "    (--priority: the priority topic, ahead of any waiting backlog)",
             f"  {command} send --no-validate --to nobody@localhost --subject Hi --text Hi",
             "    (--no-validate publishes an invalid request: a dead letter on purpose)",
             f"Dead letters: {command} dlq list   (or: dlq replay --help)",
@@ -342,10 +353,34 @@ class _DevSession:
             loop.add_signal_handler(signum, on_signal)
 
 
+DEV_PRIORITY_TOPIC = "email.requests.priority"
+
+
 def dev_settings(
     bootstrap: str, smtp_port: int, *, http_port: int, log_level: LogLevel
 ) -> Settings:
-    """The environment's settings, with everything that must point at the embedded pieces."""
+    """The environment's settings, with everything that must point at the embedded pieces.
+
+    The priority lane is on (``email.requests.priority`` unless KAFKA_PRIORITY_TOPIC names one):
+    the password reset sample travels in it.
+    """
+    settings = _dev_settings(bootstrap, smtp_port, http_port=http_port, log_level=log_level)
+    if settings.kafka.priority_topic is not None:
+        return settings
+    return _dev_settings(
+        bootstrap, smtp_port, http_port=http_port, log_level=log_level, priority=DEV_PRIORITY_TOPIC
+    )
+
+
+def _dev_settings(
+    bootstrap: str,
+    smtp_port: int,
+    *,
+    http_port: int,
+    log_level: LogLevel,
+    priority: str | None = None,
+) -> Settings:
+    lane = {} if priority is None else {"priority_topic": priority}
     return load_settings(
         kafka={
             "bootstrap_servers": bootstrap,
@@ -356,6 +391,7 @@ def dev_settings(
             "sasl_password": None,
             "ssl_cafile": None,
             **TANSU_GROUP_TIMEOUTS,
+            **lane,
         },
         smtp={
             "host": HOST,

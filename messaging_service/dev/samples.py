@@ -20,6 +20,8 @@ class Sample:
     outcome: Outcome
     reason: FailureReason | None = None
     label: str = ""
+    priority: bool = False
+    """Published to the priority topic (a password reset must not wait behind a newsletter)."""
 
     @property
     def id(self) -> str:
@@ -27,6 +29,8 @@ class Sample:
 
     def describe(self) -> str:
         what = self.label or str(self.request.get("template"))
+        if self.priority:
+            what += " (priority)"
         return what if self.outcome is Outcome.SENT else f"{what} (to be dead-lettered)"
 
 
@@ -50,6 +54,7 @@ def samples() -> list[Sample]:
                 "data": {"name": "Grace", "reset_url": "https://shop.example.com/reset/s4mpl3"},
             },
             Outcome.SENT,
+            priority=True,
         ),
         Sample(
             {

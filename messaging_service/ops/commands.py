@@ -33,8 +33,15 @@ from messaging_service.ops.preview import (
     render_template,
     write_rendered,
 )
-from messaging_service.ops.replay import ReplayOptions, list_dead_letters, replay
-from messaging_service.ops.send import build_request, encode_request, new_request_id, publish_one
+from messaging_service.ops.replay import ReplayOptions, list_dead_letters, replay, request_topics
+from messaging_service.ops.send import (
+    NoPriorityTopicError,
+    build_request,
+    encode_request,
+    new_request_id,
+    publish_one,
+    request_topic,
+)
 from messaging_service.ops.suppression_admin import (
     MemoryStoreError,
     add_suppression,
@@ -88,8 +95,20 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--no-validate", is_flag=True, help="Publish even if invalid (to make a dead letter)."
 )
-def send(id_: str | None, key: str | None, file_: Any, no_validate: bool, **fields: Any) -> None:
-    """Publish one email request to KAFKA_TOPIC and print where it went.
+@click.option(
+    "--priority",
+    is_flag=True,
+    help="Publish to KAFKA_PRIORITY_TOPIC: ahead of waiting normal requests.",
+)
+def send(
+    id_: str | None,
+    key: str | None,
+    file_: Any,
+    no_validate: bool,
+    priority: bool,
+    **fields: Any,
+) -> None:
+    """Publish one email request to KAFKA_TOPIC (or KAFKA_PRIORITY_TOPIC) and print where it went.
 
     The request is checked as the service would check it, and refused (exit 2) if invalid:
     the contract and its limits, EMAIL_ALLOWED_DOMAINS, and rendering its template (an
@@ -105,6 +124,10 @@ def send(id_: str | None, key: str | None, file_: Any, no_validate: bool, **fiel
         id_ = id_ or new_request_id()
         value = encode_request(build_request(id_=id_, **fields))
     settings = settings_or_exit()
+    try:
+        request_topic(settings.kafka, priority=priority)
+    except NoPriorityTopicError as exc:
+        raise click.UsageError(str(exc)) from exc
     if not no_validate:
         try:
             check_request(value, settings.email)
@@ -112,7 +135,12 @@ def send(id_: str | None, key: str | None, file_: Any, no_validate: bool, **fiel
             raise BadInput(f"invalid request: {exc} (--no-validate publishes it anyway)") from exc
     record_key = key if key is not None else id_
     published = _run_kafka_command(
-        publish_one(settings.kafka, value, key=None if record_key is None else record_key.encode())
+        publish_one(
+            settings.kafka,
+            value,
+            key=None if record_key is None else record_key.encode(),
+            priority=priority,
+        )
     )
     click.echo(f"published id={id_ or '?'} {_where(published)}")
 
@@ -213,7 +241,10 @@ def dlq_list(group: str | None) -> None:
 def dlq_replay(
     reasons: tuple[str, ...], limit: int | None, dry_run: bool, group: str | None
 ) -> None:
-    """Re-publish dead letters to KAFKA_TOPIC, without the dead-letter headers.
+    """Re-publish dead letters to the topic they came from, without the dead-letter headers.
+
+    That is KAFKA_TOPIC, or KAFKA_PRIORITY_TOPIC for requests of the priority lane (their
+    kafka_dlt-original-topic header); a letter from any other topic goes to KAFKA_TOPIC.
 
     Key, value and the original headers are kept. Each record is moved once: after the broker
     acknowledges it, the replay commits its progress, so running it again (or after an
@@ -245,7 +276,7 @@ def dlq_replay(
     result = _run_kafka_command(replay(settings.kafka, options, on_move=report))
     verb = "would move" if dry_run else "moved"
     click.echo(
-        f"{verb} {len(result.moved)} dead letters to {settings.kafka.topic} "
+        f"{verb} {len(result.moved)} dead letters to {' / '.join(request_topics(settings.kafka))} "
         f"(skipped: {result.filtered_out} of other reasons, "
         f"{result.already_replayed} already replayed)"
     )

@@ -20,6 +20,7 @@ from messaging_service.adapters.dead_letters import (
     H_MESSAGE,
     H_REASON,
     H_SMTP_CODE,
+    H_TOPIC,
 )
 from messaging_service.core.contract import guess_request_id
 from messaging_service.core.values import FailureReason
@@ -67,6 +68,20 @@ class StoredDeadLetter:
     @property
     def error_message(self) -> str | None:
         return self.header(H_MESSAGE)
+
+    @property
+    def original_topic(self) -> str | None:
+        return self.header(H_TOPIC)
+
+    def replay_topic(self, topics: tuple[str, ...]) -> str:
+        """Where a replay publishes it: the topic it came from, if it is one of ``topics``
+        (the requests topic first, then the priority topic), else the first of them.
+
+        So a priority request goes back to the priority lane; a letter from a topic the
+        service no longer reads (or without the header) goes to the requests topic.
+        """
+        original = self.original_topic
+        return original if original in topics else topics[0]
 
     @property
     def original_headers(self) -> tuple[Header, ...]:

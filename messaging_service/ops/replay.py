@@ -272,19 +272,29 @@ class _Reader:
         return aiokafka.TopicPartition(self._topic, partition)
 
 
+def request_topics(settings: KafkaSettings) -> tuple[str, ...]:
+    """The topics a replay may go back to: KAFKA_TOPIC first, then KAFKA_PRIORITY_TOPIC."""
+    if settings.priority_topic is None:
+        return (settings.topic,)
+    return (settings.topic, settings.priority_topic)
+
+
 class _Mover:
     """Re-publishes one dead letter, then commits that its reason's replay got past it."""
 
     def __init__(
         self, settings: KafkaSettings, *, publisher: Publisher, committer: _Committer
     ) -> None:
-        self._topic = settings.topic
+        self._topics = request_topics(settings)
         self._publisher = publisher
         self._committer = committer
 
     async def move(self, letter: StoredDeadLetter, progress: ReplayProgress) -> Published:
         published = await self._publisher.publish(
-            self._topic, letter.value, key=letter.key, headers=letter.original_headers
+            letter.replay_topic(self._topics),
+            letter.value,
+            key=letter.key,
+            headers=letter.original_headers,
         )
         bucket, partition, offset = progress.moved(letter)
         await self._committer.commit(bucket, {partition: offset})

@@ -49,9 +49,25 @@ def encode_request(request: Mapping[str, Any]) -> bytes:
     return json.dumps(request, ensure_ascii=False).encode()
 
 
+class NoPriorityTopicError(ValueError):
+    """``send --priority`` without KAFKA_PRIORITY_TOPIC: there is no lane to publish to."""
+
+
+def request_topic(settings: KafkaSettings, *, priority: bool = False) -> str:
+    """KAFKA_TOPIC, or KAFKA_PRIORITY_TOPIC for the priority lane."""
+    if not priority:
+        return settings.topic
+    if settings.priority_topic is None:
+        raise NoPriorityTopicError(
+            "--priority needs KAFKA_PRIORITY_TOPIC (the priority lane's topic)"
+        )
+    return settings.priority_topic
+
+
 async def publish_one(
-    settings: KafkaSettings, value: bytes, *, key: bytes | None = None
+    settings: KafkaSettings, value: bytes, *, key: bytes | None = None, priority: bool = False
 ) -> Published:
-    """Publish one request to the requests topic (``messaging-service send``)."""
+    """Publish one request to the requests topic, or the priority topic (``send``)."""
+    topic = request_topic(settings, priority=priority)
     async with Publisher(settings, client_id=f"{settings.group_id}-send") as publisher:
-        return await publisher.publish(settings.topic, value, key=key)
+        return await publisher.publish(topic, value, key=key)

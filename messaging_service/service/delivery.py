@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from messaging_service.core.attachments import AttachmentSource
 from messaging_service.core.contract import EmailRequest
 from messaging_service.core.events import OutcomeEvent
+from messaging_service.core.lanes import Lane
 from messaging_service.core.values import (
     NO_LABELS,
     DeadLetter,
@@ -54,6 +55,8 @@ class Delivery:
     """Its outcome is decided; it is finished once the broker acknowledged this event."""
     outcome: Outcome | None = None
     event_failures: int = 0
+    lane: Lane = Lane.NORMAL
+    """The lane it came in by (its topic): counted by lane in the metrics, named in events."""
 
 
 @dataclass(frozen=True, slots=True)

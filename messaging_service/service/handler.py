@@ -164,7 +164,7 @@ class RequestHandler:
                 delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)
                 if delay is None:
                     return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, exc)
-                self._metrics.retries.inc()
+                self._metrics.retries_by_lane[delivery.lane].inc()
                 log.warning(
                     "attachment_fetch_retry_scheduled",
                     attempt=delivery.attempts,
@@ -246,7 +246,7 @@ class RequestHandler:
                 smtp_code=refusal.code,
                 smtp_message=refusal.message,
             )
-        self._metrics.sent.inc()
+        self._metrics.sent_by_lane[delivery.lane].inc()
         log.info(
             "email_sent",
             attempt=delivery.attempts,
@@ -318,7 +318,7 @@ class RequestHandler:
             return await self._dead_letter(
                 delivery, FailureReason.RETRIES_EXHAUSTED, exc, code=exc.code
             )
-        self._metrics.retries.inc()
+        self._metrics.retries_by_lane[delivery.lane].inc()
         log.warning(
             "email_retry_scheduled",
             attempt=delivery.attempts,
@@ -369,7 +369,7 @@ class RequestHandler:
             )
             return RetryIn(delay)
         self._health.dead_letter_sink_ok = True
-        self._metrics.dead_letters.labels(letter.reason.value).inc()
+        self._metrics.dead_letters.labels(letter.reason.value, delivery.lane.value).inc()
         log.warning(
             "email_dead_lettered",
             reason=letter.reason.value,

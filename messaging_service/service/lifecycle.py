@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from messaging_service.core.lanes import Lane
 from messaging_service.core.lifetime import ClosedOnExit
 from messaging_service.core.offsets import PartitionOffsets
 from messaging_service.core.retry import Backoff
@@ -85,9 +86,13 @@ class Request:
     __slots__ = ("_lifecycle", "_stage", "delivery", "partition")
 
     def __init__(
-        self, record: InboundRecord, partition: PartitionOffsets, lifecycle: Lifecycle
+        self,
+        record: InboundRecord,
+        partition: PartitionOffsets,
+        lifecycle: Lifecycle,
+        lane: Lane = Lane.NORMAL,
     ) -> None:
-        self.delivery = Delivery(record)
+        self.delivery = Delivery(record, lane=lane)
         self.partition = partition
         self._lifecycle = lifecycle
         self._stage = Stage.ADMITTED
@@ -103,6 +108,10 @@ class Request:
     @property
     def record(self) -> InboundRecord:
         return self.delivery.record
+
+    @property
+    def lane(self) -> Lane:
+        return self.delivery.lane
 
     async def __call__(self) -> JobStatus:
         return await self._lifecycle.run(self)
@@ -133,12 +142,16 @@ class Lifecycle(ClosedOnExit):
         self,
         *,
         handler: RequestHandler,
-        submit: Callable[[Job], Awaitable[None]],
+        submit: Callable[[Job, Lane], Awaitable[None]],
         relay: Relay,
         metrics: Metrics,
         watchdog: Watchdog,
         backoff: Backoff | None = None,
+        log_lanes: bool = False,
     ) -> None:
+        """``submit`` queues a job in a lane; ``log_lanes`` binds each request's lane to its logs
+        (on with a priority lane; without one, every request is normal and logs stay as they were).
+        """
         self._handler = handler
         self._submit = submit
         self._relay = relay
@@ -147,6 +160,9 @@ class Lifecycle(ClosedOnExit):
         self._backoff = backoff or Backoff(initial=1.0, ceiling=60.0)
         self._delays = DelayQueue(self.hand_back, on_error=self.handoff_failed)
         self._listeners: list[Callable[[], None]] = []
+        self._lane_fields: dict[Lane, dict[str, str]] = {
+            lane: {"lane": lane.value} if log_lanes else {} for lane in Lane
+        }
         # Retries the delay queue refused to take (a bug in it): tried again on a timer.
         self._fallback: set[asyncio.TimerHandle] = set()
         relay.on_release(self._hand_back_later)
@@ -175,9 +191,11 @@ class Lifecycle(ClosedOnExit):
         for listener in self._listeners:
             listener()
 
-    def admit(self, record: InboundRecord, partition: PartitionOffsets) -> Request:
+    def admit(
+        self, record: InboundRecord, partition: PartitionOffsets, lane: Lane = Lane.NORMAL
+    ) -> Request:
         """A request for a record its partition has just tracked."""
-        return Request(record, partition, self)
+        return Request(record, partition, self, lane)
 
     def prepare(self, request: Request) -> None:
         """Render while the request waits in the queue, so a free worker only has to send.
@@ -189,8 +207,11 @@ class Lifecycle(ClosedOnExit):
             request.to(Stage.PREPARED)
 
     async def hand_back(self, job: Job) -> None:
-        """The delay queue's submit: a retry is due, so the request waits for a worker again."""
-        await self._submit(job)
+        """The delay queue's submit: a retry is due, so the request waits for a worker again.
+
+        It goes back to its own lane: a priority request's retry stays ahead of normal ones.
+        """
+        await self._submit(job, job.lane if isinstance(job, Request) else Lane.NORMAL)
         # No await since the job was queued, so no worker has started it yet.
         if isinstance(job, Request) and job.stage in _HELD:
             job.to(Stage.PREPARED)
@@ -227,6 +248,7 @@ class Lifecycle(ClosedOnExit):
             partition=record.partition,
             offset=record.offset,
             worker=CURRENT_WORKER.get(None),
+            **self._lane_fields[request.delivery.lane],
         ):
             step = await self._step(request)
             self._apply(request, step)

@@ -84,6 +84,7 @@ class Outcomes:
             recipients=recipients,
             error=error if error is not None or letter is None else letter.error,
             failure=None if letter is None else letter.reason.value,
+            lane=delivery.lane,
         )
 
     def recipients(
@@ -104,7 +105,7 @@ class Outcomes:
         timestamp_ms = delivery.record.timestamp_ms
         if timestamp_ms is not None and timestamp_ms > 0:
             elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)
-            self._metrics.end_to_end.labels(outcome.value).observe(elapsed)
+            self._metrics.end_to_end.labels(outcome.value, delivery.lane.value).observe(elapsed)
 
 
 _EVENT_TYPES = {

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
+from messaging_service.core.lanes import Lane
 from messaging_service.core.offsets import (
     Commit,
     OffsetTracker,
@@ -33,6 +34,7 @@ from messaging_service.core.values import InboundRecord
 from messaging_service.core.watchdog import Watchdog
 from messaging_service.errors import RetriableError
 from messaging_service.service.health import Health
+from messaging_service.service.lane_admission import LaneAdmission
 from messaging_service.service.lifecycle import Lifecycle, Request
 from messaging_service.service.pool import WorkerPool
 from messaging_service.service.relay import Relay
@@ -48,7 +50,11 @@ _IDLE_WAIT = 1.0
 class RequestSource(Protocol):
     """What the loop needs from the Kafka consumer adapter; every call is bounded there."""
 
-    async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]: ...
+    async def fetch(
+        self, *, max_records: int, timeout_ms: int, topics: Collection[str] | None = None
+    ) -> list[InboundRecord]: ...
+    def pause(self, topic: str) -> None: ...
+    def resume(self, topic: str) -> None: ...
     def pause_all(self) -> None: ...
     def resume_all(self) -> None: ...
     def assignment(self) -> set[TopicPartition]: ...
@@ -64,6 +70,9 @@ class PipelineSettings:
     """Once paused for lack of room, how much room must free up before fetching again."""
     revocation_timeout: float = 0.0
     """How long a revocation waits for queued and running requests of the revoked partitions."""
+    topic: str = "email.requests"
+    priority_topic: str | None = None
+    """Records of this topic go in the priority lane (``lanes.py``); None: one lane."""
 
 
 class Pipeline:
@@ -90,6 +99,11 @@ class Pipeline:
         self._settings = settings
         self._source: RequestSource | None = None
         self._paused = False
+        self._lanes = (
+            None
+            if settings.priority_topic is None
+            else LaneAdmission(self, normal=settings.topic, priority=settings.priority_topic)
+        )
         # Set whenever a job starts or finishes: room may have appeared, or a drain may be done.
         # Several coroutines wait on it and clear it (the loop, a revocation, a drain), so each
         # waits with ``asyncio.timeout`` around ``wait()``: the waiter is registered at once, and
@@ -119,7 +133,10 @@ class Pipeline:
             while not stop.is_set():
                 self._watch()
                 try:
-                    await self._admit(source)
+                    if self._lanes is None:
+                        await self._admit(source)
+                    else:
+                        await self._lanes.admit(source)
                     failures = 0
                 except Exception as exc:  # the loop must outlive any failure: it owns commits
                     failures += 1
@@ -298,11 +315,33 @@ class Pipeline:
         if records:
             await self._submit(records)
 
+    @property
+    def refill(self) -> int:
+        return self._settings.refill
+
+    def room(self, lane: Lane) -> int:
+        """How many more requests ``lane`` takes now (0 while the relay is down)."""
+        if self._relay.circuit_open:
+            return 0  # the relay is down: take no new work, keep polling to stay in the group
+        return min(self._pool.free(lane), self._settings.max_in_flight - self._tracker.pending)
+
+    async def wait_for_progress(self) -> None:
+        """Wait until a request starts or finishes, at most a second."""
+        self._progress.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_IDLE_WAIT):
+                await self._progress.wait()
+
+    async def submit(self, records: list[InboundRecord]) -> None:
+        """Track, prepare and queue fetched records, each in its lane."""
+        await self._submit(records)
+
     async def _submit(self, records: list[InboundRecord]) -> None:
         # Track the whole batch before any await: a rebalance during a submit below then
         # finds these offsets in the generation they were fetched in.
         admitted: list[Request] = []
         lifecycle = self._lifecycle
+        priority = self._settings.priority_topic
         for record in records:
             state = self._generation(record)
             if state is None:
@@ -319,13 +358,17 @@ class Pipeline:
                     offset=record.offset,
                 )
                 continue
-            admitted.append(lifecycle.admit(record, state))
-        self._metrics.consumed.inc(len(admitted))
+            lane = Lane.PRIORITY if record.topic == priority else Lane.NORMAL
+            admitted.append(lifecycle.admit(record, state, lane))
+        if priority is None:
+            self._metrics.consumed_by_lane[Lane.NORMAL].inc(len(admitted))
         for request in admitted:
+            if priority is not None:
+                self._metrics.consumed_by_lane[request.lane].inc()
             if request.partition.revoked:
                 continue
             lifecycle.prepare(request)
-            await self._pool.submit(request)
+            await self._pool.submit(request, request.lane)
             # Let workers whose relay just answered send first: preparing ahead pays only if
             # it fills the relay's think time rather than delaying the next send.
             await asyncio.sleep(0)

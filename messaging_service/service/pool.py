@@ -11,7 +11,9 @@ from typing import TypeAlias
 
 import structlog
 
+from messaging_service.core.lanes import Lane
 from messaging_service.core.lifetime import ClosedOnExit
+from messaging_service.service.lane_queue import LaneQueue
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +46,7 @@ class PoolStats:
     completed: int
     failed: int
     panicked: int
+    queued_priority: int = 0
 
 
 class _State(enum.Enum):
@@ -60,6 +63,9 @@ class WorkerPool(ClosedOnExit):
     running per worker. A job that raises is counted as panicked and reported to
     ``on_panic`` (or logged when there is none); its worker carries on.
 
+    With ``priority_share`` set, the queue has two lanes of ``capacity`` each (``LaneQueue``):
+    workers take priority jobs first, at most that share of them while normal jobs wait.
+
     Jobs share their worker's ``contextvars`` context (a task per job would cost too much), so
     a job that binds context variables must reset them before it returns, for example with
     ``structlog.contextvars.bound_contextvars``.
@@ -72,6 +78,7 @@ class WorkerPool(ClosedOnExit):
         capacity: int,
         on_panic: Callable[[BaseException], None] | None = None,
         name: str = "worker",
+        priority_share: float | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
@@ -81,8 +88,15 @@ class WorkerPool(ClosedOnExit):
         self._capacity = capacity
         self._on_panic = on_panic
         self._name = name
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=capacity)
+        self._lanes = (
+            None if priority_share is None else LaneQueue(capacity=capacity, share=priority_share)
+        )
+        self._fifo: asyncio.Queue[Job] = asyncio.Queue(maxsize=capacity)
+        self._queue: asyncio.Queue[Job] | LaneQueue = (
+            self._fifo if self._lanes is None else self._lanes
+        )
         # Set while the queue has room (or the pool stopped accepting, to wake submitters).
+        # With lanes, each lane has its own and this one stays set.
         self._room = asyncio.Event()
         self._room.set()
         self._state = _State.NEW
@@ -105,32 +119,48 @@ class WorkerPool(ClosedOnExit):
 
     @property
     def free_slots(self) -> int:
-        """How many more jobs the queue takes now."""
-        return self._capacity - self._queue.qsize()
+        """How many more jobs the queue (with lanes: the normal lane) takes now."""
+        return self.free(Lane.NORMAL)
 
-    def try_submit(self, job: Job) -> bool:
+    def free(self, lane: Lane) -> int:
+        """How many more jobs ``lane`` takes now (without lanes, every lane is the one queue)."""
+        lanes = self._lanes
+        if lanes is None:
+            return self._capacity - self._queue.qsize()
+        return self._capacity - lanes.qsize(lane)
+
+    def try_submit(self, job: Job, lane: Lane = Lane.NORMAL) -> bool:
         """Queue ``job`` if there is room; False when the queue is full or the pool not running."""
-        queue = self._queue
-        if self._state is not _State.RUNNING or queue.qsize() >= self._capacity:
+        if self._state is not _State.RUNNING:
+            return False
+        lanes = self._lanes
+        if lanes is not None:
+            if lanes.full(lane):
+                return False
+            lanes.put_nowait(job, lane)
+            return True
+        queue = self._fifo
+        if queue.qsize() >= self._capacity:
             return False
         queue.put_nowait(job)
         if queue.qsize() >= self._capacity:
             self._room.clear()
         return True
 
-    async def submit(self, job: Job) -> None:
+    async def submit(self, job: Job, lane: Lane = Lane.NORMAL) -> None:
         """Queue ``job``, waiting for room; raises PoolClosedError when the pool is not running."""
-        while not self.try_submit(job):
-            await self.wait_for_room()
+        while not self.try_submit(job, lane):
+            await self.wait_for_room(lane)
 
-    async def wait_for_room(self) -> None:
+    async def wait_for_room(self, lane: Lane = Lane.NORMAL) -> None:
         """Return once the queue has room; raises PoolClosedError when the pool is not running."""
+        room = self._room if self._lanes is None else self._lanes.room(lane)
         while True:
             if self._state is not _State.RUNNING:
                 raise PoolClosedError(f"worker pool is {self._state.value}")
-            if self._queue.qsize() < self._capacity:
+            if self.free(lane) > 0:
                 return
-            await self._room.wait()
+            await room.wait()
 
     # A timeout parameter rather than asyncio.timeout(): a timed-out drain is an answer (False),
     # not an error, and the jobs keep running.
@@ -142,7 +172,7 @@ class WorkerPool(ClosedOnExit):
         """
         if self._state in (_State.NEW, _State.RUNNING):
             self._state = _State.DRAINING
-            self._room.set()  # wake submitters so they raise PoolClosedError
+            self._wake_submitters()
         if self.is_idle():
             return True
         if self._state is _State.CLOSED:
@@ -163,7 +193,7 @@ class WorkerPool(ClosedOnExit):
         Idempotent; safe before the pool was started.
         """
         self._state = _State.CLOSED
-        self._room.set()  # wake submitters so they raise PoolClosedError
+        self._wake_submitters()
         self._wake_drainers(self.is_idle())
         for worker in self._workers:
             worker.cancel()
@@ -180,7 +210,14 @@ class WorkerPool(ClosedOnExit):
             completed=self._completed,
             failed=self._failed,
             panicked=self._panicked,
+            queued_priority=0 if self._lanes is None else self._lanes.qsize(Lane.PRIORITY),
         )
+
+    def _wake_submitters(self) -> None:
+        """Wake submitters waiting for room, so they see the pool stopped and raise."""
+        self._room.set()
+        if self._lanes is not None:
+            self._lanes.wake_all()
 
     def is_idle(self) -> bool:
         """True when no job is queued or running."""

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from messaging_service.core.lanes import Lane
+
 # Relay round trips: sub-millisecond local sinks up to slow, throttled relays.
 _SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Record timestamp to final outcome: includes queueing and retry waits (1 s, 5 s, 10 s).
@@ -50,22 +52,33 @@ class Metrics:
         self._stores(registry)
         self._kafka(registry)
         self._timings(registry)
+        # By lane: priority (KAFKA_PRIORITY_TOPIC) or normal (KAFKA_TOPIC; every request when
+        # there is no priority lane). The children are bound once: no label look-up per email.
+        self.consumed_by_lane = {lane: self.consumed.labels(lane.value) for lane in Lane}
+        self.sent_by_lane = {lane: self.sent.labels(lane.value) for lane in Lane}
+        self.retries_by_lane = {lane: self.retries.labels(lane.value) for lane in Lane}
 
     def _outcomes(self, registry: CollectorRegistry) -> None:
         """What happened to requests and attempts."""
         self.consumed = Counter(
-            _PREFIX + "requests_consumed", "Requests read from the topic.", registry=registry
+            _PREFIX + "requests_consumed",
+            "Requests read from the topics, by lane.",
+            ["lane"],
+            registry=registry,
         )
-        self.sent = Counter(_PREFIX + "sent", "Emails accepted by the relay.", registry=registry)
+        self.sent = Counter(
+            _PREFIX + "sent", "Emails accepted by the relay, by lane.", ["lane"], registry=registry
+        )
         self.dead_letters = Counter(
             _PREFIX + "dead_letters",
-            "Requests published to the dead-letter topic, by reason.",
-            ["reason"],
+            "Requests published to the dead-letter topic, by reason and lane.",
+            ["reason", "lane"],
             registry=registry,
         )
         self.retries = Counter(
             _PREFIX + "retries",
-            "Transient SMTP failures that were scheduled for another attempt.",
+            "Transient SMTP failures that were scheduled for another attempt, by lane.",
+            ["lane"],
             registry=registry,
         )
         self.recipients_refused = Counter(
@@ -188,8 +201,8 @@ class Metrics:
         )
         self.end_to_end = Histogram(
             _PREFIX + "end_to_end_duration_seconds",
-            "From the Kafka record's timestamp to the request's final outcome.",
-            ["outcome"],
+            "From the Kafka record's timestamp to the request's final outcome, by lane.",
+            ["outcome", "lane"],
             buckets=_E2E_BUCKETS,
             registry=registry,
         )
@@ -219,7 +232,14 @@ class _LiveCollector(Collector):
             yield counter
         yield _gauge("worker_pool_size", "Workers in the pool.", pool["size"])
         yield _gauge("workers_busy", "Workers running a request now.", pool["running"])
-        yield _gauge("queue_depth", "Requests queued in front of the workers.", pool["queued"])
+        queue = GaugeMetricFamily(
+            _PREFIX + "queue_depth",
+            "Requests queued in front of the workers, by lane.",
+            labels=["lane"],
+        )
+        queue.add_metric([Lane.NORMAL.value], pool["queued"] - pool.get("queued_priority", 0))
+        queue.add_metric([Lane.PRIORITY.value], pool.get("queued_priority", 0))
+        yield queue
         yield _gauge(
             "retry_waiting", "Requests waiting for their next retry.", self._state.retry_waiting()
         )

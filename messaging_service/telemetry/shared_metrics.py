@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from messaging_service.core.lanes import Lane
 from messaging_service.telemetry.metrics import LiveState
 
 log = structlog.get_logger(__name__)
@@ -30,7 +31,6 @@ _PREFIX = "email_"
 _SUMS = (
     "worker_pool_size",
     "workers_busy",
-    "queue_depth",
     "retry_waiting",
     "in_flight_requests",
     "uncommitted_finished_offsets",
@@ -49,6 +49,7 @@ class LiveMirror:
         self._gauges = {
             name: Gauge(_PREFIX + name, name, multiprocess_mode="livesum") for name in _SUMS
         }
+        self._queue = Gauge(_PREFIX + "queue_depth", "queue", ["lane"], multiprocess_mode="livesum")
         self._circuit_open = Gauge(
             _PREFIX + "smtp_circuit_open", "circuit", multiprocess_mode="livemax"
         )
@@ -83,7 +84,6 @@ class LiveMirror:
         values = {
             "worker_pool_size": pool["size"],
             "workers_busy": pool["running"],
-            "queue_depth": pool["queued"],
             "retry_waiting": state.retry_waiting(),
             "in_flight_requests": state.in_flight(),
             "uncommitted_finished_offsets": state.uncommitted_finished(),
@@ -94,6 +94,9 @@ class LiveMirror:
         }
         for name, value in values.items():
             self._gauges[name].set(value)
+        priority = pool.get("queued_priority", 0)
+        self._queue.labels(Lane.NORMAL.value).set(pool["queued"] - priority)
+        self._queue.labels(Lane.PRIORITY.value).set(priority)
         self._circuit_open.set(1.0 if state.circuit_open() else 0.0)
         self._stalled.set(state.stalled_seconds())
         for check, ok in state.health().items():

@@ -152,6 +152,7 @@ def test_init_job_creates_the_service_topics_with_several_partitions(
         environment["KAFKA_TOPIC"],
         environment["KAFKA_DLQ_TOPIC"],
         environment["KAFKA_EVENTS_TOPIC"],
+        environment["KAFKA_PRIORITY_TOPIC"],
     }
     partitions = re.search(r"--partitions (\d+)", script)
     assert partitions

@@ -21,11 +21,6 @@ from support.smtp_server import SmtpTestServer
 pytestmark = pytest.mark.integration
 
 
-def _greeting_needed(client: aiosmtplib.SMTP) -> bool:
-    # A call, not the attribute: mypy would keep the attribute narrowed across the ehlo().
-    return client.is_ehlo_or_helo_needed
-
-
 def test_the_exceptions_smtp_wire_raises_keep_their_constructors() -> None:
     assert aiosmtplib.SMTPRecipientRefused(550, "no", "a@example.com").recipient == "a@example.com"
     refused = aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(550, "no", "a")])
@@ -47,15 +42,20 @@ def test_the_client_api_smtp_wire_calls_is_there() -> None:
         assert callable(getattr(client, name)), name
 
 
+def ehlo_needed(client: aiosmtplib.SMTP) -> bool:
+    """Read afresh each time: mypy would keep the property narrowed across the await."""
+    return client.is_ehlo_or_helo_needed
+
+
 async def test_a_connected_client_lends_an_asyncio_transport_and_takes_it_back(
     relay: SmtpTestServer,
 ) -> None:
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
     await client.connect()
     try:
-        assert _greeting_needed(client)  # smtp_wire.greet() says EHLO itself
+        assert ehlo_needed(client)  # smtp_wire.greet() says EHLO itself
         await client.ehlo()
-        assert not _greeting_needed(client)
+        assert not ehlo_needed(client)
         protocol = client.protocol  # an attribute set while connected
         assert isinstance(protocol, asyncio.Protocol)
         transport = protocol.transport

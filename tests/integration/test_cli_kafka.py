@@ -238,3 +238,54 @@ def test_dlq_commands_report_a_missing_topic_with_exit_1(cli: Cli) -> None:
 
     assert result.exit_code == 1
     assert "does not exist" in result.output
+
+
+def test_send_priority_publishes_to_the_priority_topic_and_replay_sends_it_back_there(
+    broker: Broker, names: Topics, cli: Cli
+) -> None:
+    priority = unique("priority")
+    asyncio.run(create_topic(broker.bootstrap, priority, partitions=1))
+
+    sent = cli(
+        "send", "--to", "ada@example.com", "--subject", "Reset", "--text", "Code: 1",
+        "--id", "reset-1", "--priority", KAFKA_PRIORITY_TOPIC=priority,
+    )  # fmt: skip
+
+    assert sent.exit_code == 0, sent.output
+    [record] = records(broker, priority, expected=1)
+    assert json.loads(record.value)["id"] == "reset-1"
+    assert f"topic={priority} " in sent.output
+
+    # A dead letter of the priority lane goes back to the priority topic; others to KAFKA_TOPIC.
+    letters = []
+    for index, topic in enumerate((priority, names.requests)):
+        original = InboundRecord(
+            topic=topic,
+            partition=0,
+            offset=index,
+            timestamp_ms=1_700_000_000_000,
+            key=f"key-{index}".encode(),
+            value=request_payload(f"lane-{index}"),
+        )
+        error = SmtpRejectedError("550 no such user", code=550)
+        letter = DeadLetter(original, FailureReason.SMTP_REJECTED, error, attempts=1, smtp_code=550)
+        letters.append((original, dead_letter_headers(letter, group_id=names.group)))
+
+    async def publish() -> None:
+        for original, headers in letters:
+            await produce(
+                broker.bootstrap,
+                names.dlq,
+                [original.value or b""],
+                keys=[original.key],
+                headers=headers,
+            )
+
+    asyncio.run(publish())
+    moved = cli("dlq", "replay", KAFKA_PRIORITY_TOPIC=priority)
+
+    assert moved.exit_code == 0, moved.output
+    assert f"dead letters to {names.requests} / {priority}" in moved.output
+    assert [r.value for r in records(broker, priority, expected=2)][1] == request_payload("lane-0")
+    [normal] = records(broker, names.requests, expected=1)
+    assert normal.value == request_payload("lane-1")

@@ -259,6 +259,6 @@ async def test_http_endpoints_report_health_readiness_and_metrics(
         assert (status, json.loads(body)["status"]) == (200, "ready")
         status, body = await service.get("/metrics")
         assert status == 200
-        assert "email_sent_total 1.0" in body
+        assert 'email_sent_total{lane="normal"} 1.0' in body
         assert 'email_readiness_check{check="smtp_reachable"} 1.0' in body
         assert "email_worker_pool_size 4.0" in body

@@ -62,6 +62,9 @@ def test_dev_once_delivers_every_built_in_template_and_dead_letters_one(tmp_path
         "template 'password_reset' (text): 'reset_url' is undefined"
     ) in result.stdout
     assert "\r" not in result.stdout, "no redrawing when stdout is not a terminal"
+    # The password reset travels in the priority lane, on a topic of its own.
+    assert "email.requests.priority (priority)" in result.stdout
+    assert "password_reset (priority)" in result.stdout
     # A dead letter gets its own line, as a caught email does, not the service's log event.
     assert (
         "dead     sample-dead-letter: template_error - "

@@ -39,7 +39,8 @@ async def _metrics(service: ServiceProcess) -> dict[tuple[str, tuple[tuple[str, 
 
 
 def _value(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
-    return metrics.get((name, ()), 0.0)
+    """The sum of a metric's samples over its labels (lanes, for example)."""
+    return sum(value for (sample, _), value in metrics.items() if sample == name)
 
 
 def _children(service: ServiceProcess) -> dict[int, int]:

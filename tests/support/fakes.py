@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from messaging_service.core.events import OutcomeEvent
 from messaging_service.core.offsets import Commit, TopicPartition
@@ -97,12 +97,18 @@ class FakeSource:
             TopicPartition(r.topic, r.partition) for r in records
         } | {TopicPartition("email.requests", 0)}
         self.commit_error: Exception | None = None
+        self.paused_topics: set[str] = set()
+        self.topic_fetches: list[tuple[str, ...]] = []
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
 
-    async def fetch(self, *, max_records: int, timeout_ms: int) -> list[InboundRecord]:
+    async def fetch(
+        self, *, max_records: int, timeout_ms: int, topics: Collection[str] | None = None
+    ) -> list[InboundRecord]:
         self.fetches.append((self.paused, max_records))
+        if topics is not None:
+            return await self._fetch_topics(max_records, topics)
         if self.paused or not self.pending:
             if not self.pending:
                 self.exhausted.set()
@@ -110,6 +116,29 @@ class FakeSource:
             return []
         count = min(max_records, len(self.pending))
         return [self.pending.popleft() for _ in range(count)]
+
+    async def _fetch_topics(self, max_records: int, topics: Collection[str]) -> list[InboundRecord]:
+        """Records of ``topics`` not paused, in order; the others stay where they are."""
+        self.topic_fetches.append(tuple(topics))
+        wanted = set(topics) - self.paused_topics
+        taken: list[InboundRecord] = []
+        kept: deque[InboundRecord] = deque()
+        for record in self.pending:
+            if record.topic in wanted and len(taken) < max_records:
+                taken.append(record)
+            else:
+                kept.append(record)
+        self.pending = kept
+        if not self.pending:
+            self.exhausted.set()
+        await asyncio.sleep(0)
+        return taken
+
+    def pause(self, topic: str) -> None:
+        self.paused_topics.add(topic)
+
+    def resume(self, topic: str) -> None:
+        self.paused_topics.discard(topic)
 
     def pause_all(self) -> None:
         if not self.paused:

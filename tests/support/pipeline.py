@@ -65,6 +65,8 @@ async def running(
     source: FakeSource | None = None,
     offset_map: OffsetMap | None = None,
     map_max_bytes: int = 0,
+    priority_topic: str | None = None,
+    priority_share: float = 0.9,
 ) -> AsyncIterator[Running]:
     """The pipeline consuming ``records`` from partition ``TP``; stopped and awaited on exit.
 
@@ -77,7 +79,9 @@ async def running(
     metrics = Metrics(CollectorRegistry())
     dead_letters = dead_letters if dead_letters is not None else FakeDeadLetters()
     watchdog = watchdog if watchdog is not None else Watchdog(0)
-    async with WorkerPool(size=workers, capacity=buffer) as pool:
+    lanes = priority_topic is not None
+    pool_share = priority_share if lanes else None
+    async with WorkerPool(size=workers, capacity=buffer, priority_share=pool_share) as pool:
         handler = make_handler(
             renderer=renderer or TemplateRenderer(),
             builder=MessageBuilder("shop@example.com"),
@@ -97,6 +101,7 @@ async def running(
             watchdog=watchdog,
             # Recovering from a bug is retried on this backoff: short, so tests see it.
             backoff=Backoff(initial=0.01, ceiling=0.05),
+            log_lanes=lanes,
         )
         pipeline = Pipeline(
             lifecycle=lifecycle,
@@ -111,11 +116,13 @@ async def running(
                 shutdown_timeout=shutdown_timeout,
                 refill=refill,
                 revocation_timeout=revocation_timeout,
+                priority_topic=priority_topic,
             ),
             watchdog=watchdog,
         )
         async with lifecycle:
-            await pipeline.on_assigned([TP])
+            lane_tps = {tp for tp in source.assigned if tp.topic == priority_topic}
+            await pipeline.on_assigned(sorted({TP} | lane_tps))
             if offset_map is not None:
                 tracker.restore({TP: offset_map})
             stop = asyncio.Event()

@@ -19,6 +19,7 @@ import aiohttp
 from messaging_service.app import Running, run_service
 from messaging_service.config import Settings, load_settings
 from support.kafka import Broker, Topics, free_port, group_timeouts, wait_for
+from support.samples import sample_sum
 
 
 def settings_for(
@@ -40,6 +41,7 @@ def settings_for(
     dkim: Mapping[str, Any] | None = None,
     events_topic: str = "",
     suppression: bool = True,
+    kafka: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Settings for one test: its own topics and group, the group timeouts ``broker`` takes.
 
@@ -55,6 +57,7 @@ def settings_for(
             "group_id": topics.group,
             "commit_interval_ms": commit_interval_ms,
             **group_timeouts(broker),
+            **(kafka or {}),
         },
         smtp={"host": "127.0.0.1", "port": smtp_port, "timeout": smtp_timeout},
         email={
@@ -115,6 +118,9 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "DEDUP_KEY_PREFIX": settings.dedup.key_prefix,
         }
     )
+    if kafka.priority_topic is not None:
+        env["KAFKA_PRIORITY_TOPIC"] = kafka.priority_topic
+        env["EMAIL_PRIORITY_SHARE"] = str(email.priority_share)
     if settings.dedup.redis_url is not None:
         env["DEDUP_REDIS_URL"] = settings.dedup.redis_url.get_secret_value()
     return env
@@ -128,8 +134,8 @@ class InProcessService:
     task: asyncio.Task[bool]
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.running.registry.get_sample_value(name, labels or None)
-        return 0.0 if value is None else value
+        """The sum of the samples of ``name`` that carry ``labels`` (and any others, e.g. lane)."""
+        return sample_sum(self.running.registry, name, **labels)
 
     async def get(self, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.running.http_port}{path}"

@@ -25,6 +25,7 @@ from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
 from support.handler import make_handler
 from support.pipeline import TP, running
+from support.samples import sample_sum
 
 
 def request(offset: int) -> InboundRecord:
@@ -83,7 +84,7 @@ class Harness:
         )
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels or None) or 0.0
+        return sample_sum(self.registry, name, **labels)
 
 
 async def test_an_outage_parks_requests_without_spending_their_attempts() -> None:

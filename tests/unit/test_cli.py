@@ -277,6 +277,16 @@ def test_dev_without_the_embedded_extra_exits_2_naming_it(
     assert module.replace("_", "-") in result.output
 
 
+def test_send_priority_without_a_priority_topic_is_refused() -> None:
+    result = invoke(
+        "send", "--to", "ada@example.com", "--subject", "s", "--text", "t", "--priority",
+        env=UNREACHABLE,
+    )  # fmt: skip
+
+    assert result.exit_code == 2
+    assert "KAFKA_PRIORITY_TOPIC" in result.output
+
+
 @pytest.mark.parametrize(
     "args",
     [

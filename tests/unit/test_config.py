@@ -309,3 +309,25 @@ def test_a_redis_url_with_a_bad_port_or_database_stops_the_start_without_echoing
     with pytest.raises(ConfigError, match=r"DEDUP_REDIS_URL: .*not a valid Redis URL") as raised:
         load_settings(env_file=None)
     assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_priority_topic_means_no_priority_lane(value: str) -> None:
+    settings = load_settings(env_file=None, kafka={"priority_topic": value})
+    assert settings.kafka.priority_topic is None
+    assert settings.email.priority_share == 0.9
+
+
+@pytest.mark.parametrize("topic", ["email.requests", "email.requests.dlq"])
+def test_the_priority_topic_must_be_a_topic_of_its_own(topic: str) -> None:
+    with pytest.raises(ConfigError, match="KAFKA_PRIORITY_TOPIC"):
+        load_settings(env_file=None, kafka={"priority_topic": topic})
+
+
+@pytest.mark.parametrize("share", ["0", "1", "1.5"])
+def test_the_priority_share_is_strictly_between_zero_and_one(
+    share: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMAIL_PRIORITY_SHARE", share)
+    with pytest.raises(ConfigError, match="EMAIL_PRIORITY_SHARE"):
+        load_settings(env_file=None)

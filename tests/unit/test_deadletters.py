@@ -168,3 +168,19 @@ def test_whatever_filters_and_limits_replays_use_each_dead_letter_moves_at_most_
 
     everything = [(p, r.offset) for p, records in partitions.items() for r in records]
     assert sorted(moved) == sorted(everything)
+
+
+def test_a_replay_goes_back_to_the_topic_the_dead_letter_came_from() -> None:
+    topics = ("email.requests", "email.requests.priority")
+
+    def stored_from(topic: str | None) -> StoredDeadLetter:
+        headers = () if topic is None else (("kafka_dlt-original-topic", topic.encode()),)
+        return StoredDeadLetter(0, 0, b"k", b"{}", headers)
+
+    assert stored_from("email.requests.priority").replay_topic(topics) == topics[1]
+    assert stored_from("email.requests").replay_topic(topics) == topics[0]
+    # A topic the service does not read (renamed since), or no header: the requests topic.
+    assert stored_from("old.requests").replay_topic(topics) == topics[0]
+    assert stored_from(None).replay_topic(topics) == topics[0]
+    # Without a priority lane, a priority letter goes to the requests topic.
+    assert stored_from("email.requests.priority").replay_topic(topics[:1]) == topics[0]

@@ -14,6 +14,7 @@ import structlog
 import structlog.testing
 
 from messaging_service.adapters.kafka_consumer import ConsumerError
+from messaging_service.core.lanes import Lane
 from messaging_service.core.offsets import Commit, TopicPartition
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import DeadLetter, InboundRecord
@@ -148,10 +149,10 @@ async def test_a_delay_queue_hand_off_that_fails_is_tried_again() -> None:
         real = lifecycle._submit
         failures = [RuntimeError("a bug handing a retry on")]
 
-        async def flaky(job: Job) -> None:
+        async def flaky(job: Job, lane: Lane) -> None:
             if failures:
                 raise failures.pop()
-            await real(job)
+            await real(job, lane)
 
         lifecycle._submit = flaky
         await until(lambda: run.source.committed.get(TP) == 1)

@@ -17,6 +17,7 @@ from messaging_service.core.events import (
     event_value,
     rfc3339,
 )
+from messaging_service.core.lanes import Lane
 from support.events import check_value
 from support.fakes import record
 
@@ -88,6 +89,7 @@ def test_the_value_has_every_field_with_smtp_details_and_processing_time() -> No
     ]
     assert value["processing_time_ms"] == 500  # record timestamp 1_700_000_000_000 ms
     assert value["source"] == {"topic": "email.requests", "partition": 2, "offset": 7}
+    assert value["lane"] == "normal"
     assert value["tags"] == []
     assert value["metadata"] == {}
 
@@ -123,3 +125,9 @@ def test_the_schema_refuses_a_failed_event_that_is_not_permanent() -> None:
     value = event_value(event(EventType.FAILED, permanent=False, reason="smtp_rejected"))
     with pytest.raises(AssertionError, match="permanent"):
         check_value(value)
+
+
+def test_an_event_names_the_lane_its_request_came_in_by() -> None:
+    value = event_value(event(lane=Lane.PRIORITY))
+    check_value(value)
+    assert value["lane"] == "priority"

@@ -19,6 +19,7 @@ from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
 from support.handler import make_handler
+from support.samples import sample_sum
 
 RENDERER = TemplateRenderer()
 
@@ -42,8 +43,7 @@ class Harness:
         )
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.registry.get_sample_value(name, labels or None)
-        return 0.0 if value is None else value
+        return sample_sum(self.registry, name, **labels)
 
     async def run_to_end(self, delivery: Delivery) -> tuple[Finished, list[float]]:
         """Drive a delivery like the pipeline does, collecting the waits it asked for."""

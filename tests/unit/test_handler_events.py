@@ -31,6 +31,7 @@ from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeEvents, FakeSender, FakeSentLog, record
 from support.handler import make_handler
+from support.samples import sample_sum
 
 RENDERER = TemplateRenderer()
 NOW = 1_700_000_001.0
@@ -74,8 +75,7 @@ class Harness:
         )
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.registry.get_sample_value(name, labels or None)
-        return 0.0 if value is None else value
+        return sample_sum(self.registry, name, **labels)
 
     async def run_to_end(self, delivery: Delivery) -> tuple[Finished, list[float]]:
         waits: list[float] = []

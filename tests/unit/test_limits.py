@@ -27,6 +27,7 @@ from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
 from support.handler import make_handler
+from support.samples import sample_sum
 
 LIMITS = RequestLimits(
     max_record_bytes=2000, max_recipients=3, max_data_depth=3, max_data_bytes=200
@@ -236,7 +237,7 @@ async def test_a_refused_recipient_domain_is_dead_lettered_with_its_reason() -> 
     assert letter.email_id == "lim-1"
     assert "someone@customer.net" in str(letter.error)
     labels = {"reason": "recipient_not_allowed"}
-    assert registry.get_sample_value("email_dead_letters_total", labels) == 1
+    assert sample_sum(registry, "email_dead_letters_total", **labels) == 1
 
 
 async def test_an_oversized_record_is_dead_lettered_as_invalid_payload() -> None:

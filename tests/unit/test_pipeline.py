@@ -15,6 +15,7 @@ from messaging_service.errors import SmtpTransientError
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import record
 from support.pipeline import TP, running
+from support.samples import sample_sum
 
 
 def request(offset: int) -> InboundRecord:
@@ -192,8 +193,7 @@ async def test_after_pausing_the_loop_fetches_again_only_when_a_batch_fits() -> 
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
+    return sample_sum(metrics.registry, name, **labels)
 
 
 async def test_revocation_finishes_queued_and_running_requests_then_commits() -> None:

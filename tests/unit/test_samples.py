@@ -44,3 +44,10 @@ def test_exactly_one_sample_is_dead_lettered_because_its_template_fails() -> Non
     assert dead.reason.value == "template_error"
     with pytest.raises(TemplateError, match="reset_url"):
         render_template(dead.request["template"], dead.request["data"])
+
+
+def test_the_password_reset_sample_and_only_it_goes_to_the_priority_lane() -> None:
+    from messaging_service.dev.samples import samples as all_samples
+
+    priority = [sample.id for sample in all_samples() if sample.priority]
+    assert priority == ["sample-password-reset"]
