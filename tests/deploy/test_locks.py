@@ -82,3 +82,14 @@ def test_the_build_lock_pins_the_build_backend_the_dockerfile_builds_with() -> N
         assert name in locked, f"{name} is not in requirements-build.lock: run scripts/lock"
         assert requirement.specifier.contains(locked[name][0], prereleases=True)
     assert all(hashes for _, hashes in locked.values())
+
+
+def test_the_checkov_lock_pins_what_its_input_asks_for_with_hashes() -> None:
+    """requirements-checkov.lock (a venv of its own, scripts/fetch-tools) follows its .in file."""
+    locked = pins("requirements-checkov.lock")
+    for line in (REPO / "requirements-checkov.in").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            version = locked[canonicalize_name(requirement.name)][0]
+            assert requirement.specifier.contains(version), f"{line}: run scripts/lock"
+    assert all(hashes for _, hashes in locked.values())

