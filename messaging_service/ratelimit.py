@@ -46,10 +46,13 @@ class SendRateLimiter:
     def throttled(self) -> float | None:
         """Report a throttling reply; returns the new allowed rate if this one cut it.
 
-        Only push-back cuts (see ``PushBack``): a few deferred messages among many do not.
+        Only push-back cuts (see ``PushBack``): a few deferred messages among many do not,
+        nor a few among the first handful of attempts (after a relay outage, say). Without a
+        ceiling, recovery climbs back to the busiest recent second, not to the rate of now.
         """
         if not self._push_back.throttled():
             return None
-        if self._rate.on_throttle(self._push_back.attempts.rate()):
+        attempts = self._push_back.attempts
+        if self._rate.on_throttle(attempts.rate(), peak=attempts.peak()):
             return self._rate.allowed()
         return None

@@ -1,6 +1,6 @@
 """A real redis-server (Debian's build, from scripts/fetch-tools) on a free port, for tests.
 
-with RedisServer(tmp_path) as redis:                 # or password="..."
+with RedisServer(tmp_path) as redis:                 # or password="...", persistent=True
     url = redis.url
     redis.stop(); redis.start()                      # outage; same port again
 """
@@ -19,11 +19,19 @@ _START_TIMEOUT = 30.0
 
 
 class RedisServer:
-    """redis-server in ``directory`` (no persistence); ``stop``/``start`` keep the port."""
+    """redis-server in ``directory``; ``stop``/``start`` keep the port (and the directory).
 
-    def __init__(self, directory: Path, *, password: str | None = None) -> None:
+    Without persistence (the default) a restart forgets every key. ``persistent=True`` keeps
+    Redis's own default snapshotting, as the compose stack's Redis does: ``stop()`` (SIGTERM)
+    writes ``dump.rdb`` in ``directory`` and the next ``start()`` loads it.
+    """
+
+    def __init__(
+        self, directory: Path, *, password: str | None = None, persistent: bool = False
+    ) -> None:
         self.directory = directory
         self.password = password
+        self.persistent = persistent
         self.port = free_port()
         self._program = redis_server()
         self._process: subprocess.Popen[bytes] | None = None
@@ -42,7 +50,7 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.directory),
-            "--save", "",
+            "--save", "3600 1 300 100 60 10000" if self.persistent else "",
             "--appendonly", "no",
             "--daemonize", "no",
             "--logfile", str(self.directory / "redis.log"),

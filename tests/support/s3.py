@@ -4,19 +4,26 @@
         broker = EmbeddedBroker(storage_engine=storage.url, environment=storage.environment)
 
 Tansu's memory storage loses everything on a restart; with S3 storage a restarted broker
-still has its topics, records and committed offsets (the S3 server lives in the test).
+still has its topics, records and committed offsets (the S3 server outlives the broker).
+moto runs as a process of its own: in a thread of the test process it would compete with the
+test's relay and producer for the interpreter lock, and a broker busy with fetches, commits
+and heartbeats keeps it busy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from moto.server import ThreadedMotoServer
-
 from messaging_service.embedded import HOST, free_port
+
+_START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,18 +32,34 @@ class S3Storage:
     environment: Mapping[str, str]
 
 
+def _create_bucket(endpoint: str, bucket: str, process: subprocess.Popen[bytes]) -> None:
+    # moto takes unsigned requests: a plain PUT creates the bucket.
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto exited with {process.returncode} at start")
+        try:
+            request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")
+            with urllib.request.urlopen(request, timeout=5):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moto not answering at {endpoint}") from None
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def s3_storage(bucket: str = "tansu") -> Iterator[S3Storage]:
     port = free_port()
-    server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
-    server.start()
+    endpoint = f"http://{HOST}:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        endpoint = f"http://{HOST}:{port}"
-        # moto takes unsigned requests: a plain PUT creates the bucket.
-        with urllib.request.urlopen(
-            urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"), timeout=10
-        ):
-            pass
+        _create_bucket(endpoint, bucket, process)
         yield S3Storage(
             url=f"s3://{bucket}/",
             environment={
@@ -48,4 +71,9 @@ def s3_storage(bucket: str = "tansu") -> Iterator[S3Storage]:
             },
         )
     finally:
-        server.stop()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
