@@ -35,6 +35,7 @@ from .sentlog import MemorySentLog, SentLog
 from .smtp import SmtpSender
 from .templates import TemplateRenderer
 from .throttle import AdaptiveRate
+from .tracing import NO_TRACING, Tracing
 from .watchdog import Watchdog
 
 log = structlog.get_logger(__name__)
@@ -55,6 +56,7 @@ async def run_service(
     *,
     registry: CollectorRegistry | None = None,
     on_started: Callable[[Running], None] | None = None,
+    tracing: Tracing = NO_TRACING,
 ) -> bool:
     """Run until ``stop`` is set; then drain, commit and close everything in reverse order.
 
@@ -108,6 +110,8 @@ async def run_service(
             limits=_limits(settings),
             allowed_domains=email.allowed_domains,
             sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
+            tracing=tracing,
+            dead_letter_topic=settings.kafka.dlq_topic,
         )
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)

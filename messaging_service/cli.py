@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -29,6 +30,7 @@ from .models import guess_request_id
 from .preview import check_request, format_rendered, render_template, write_rendered
 from .publish import Published, build_request, encode_request, new_request_id, publish_one
 from .replay import ReplayOptions, list_dead_letters, replay
+from .tracing import Tracing, TracingConfigError, tracing_from_environment
 
 T = TypeVar("T")
 
@@ -62,14 +64,21 @@ def run() -> None:
     Exits 1 if the final offset commit failed (nothing is lost: Kafka delivers it again).
     """
     settings = _settings_or_exit()
-    configure_logging(settings.log)
     try:
-        committed = _run_event_loop(_run(settings))
+        tracing = tracing_from_environment(os.environ, group_id=settings.kafka.group_id)
+    except TracingConfigError as exc:
+        click.echo(f"messaging-service: {exc}", err=True)
+        sys.exit(2)
+    configure_logging(settings.log, processors=tracing.log_processors())
+    try:
+        committed = _run_event_loop(_run(settings, tracing))
     except ServiceError as exc:
         # A dependency that cannot be reached at start, or templates that do not compile:
         # exit non-zero with one clear line, and let the supervisor restart us.
         structlog.get_logger(__name__).error("service_failed", error=str(exc))
         sys.exit(1)
+    finally:
+        tracing.close()  # exports the spans still buffered
     if not committed:
         # Logged as final_commit_failed; nothing is lost, Kafka delivers it again.
         sys.exit(1)
@@ -84,7 +93,7 @@ def _run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-async def _run(settings: Settings) -> bool:
+async def _run(settings: Settings, tracing: Tracing) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     log = structlog.get_logger(__name__)
@@ -98,7 +107,7 @@ async def _run(settings: Settings) -> bool:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
-    return await run_service(settings, stop)
+    return await run_service(settings, stop, tracing=tracing)
 
 
 @main.command()

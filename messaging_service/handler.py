@@ -8,6 +8,7 @@ the caller holds the delivery until the circuit closes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .errors import (
     RecipientNotAllowedError,
     SentLogUnavailableError,
     ServiceError,
+    SmtpError,
     SmtpRejectedError,
     SmtpTransientError,
     SmtpUnavailableError,
@@ -37,6 +39,7 @@ from .models import (
     OutgoingEmail,
     RequestLimits,
     Sender,
+    SendReport,
     check_recipient_domains,
     guess_request_id,
     parse_request,
@@ -47,6 +50,7 @@ from .retry import Backoff, RetryPolicy
 from .sentlog import SentLog
 from .templates import TemplateRenderer
 from .throttle import is_throttling
+from .tracing import NO_TRACE, NO_TRACING, RequestTrace, Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +68,7 @@ class Delivery:
     unexpected_failures: int = 0
     refusal: tuple[FailureReason, Exception] | None = None
     """Why preparing it failed (it is dead-lettered by its next step), if it did."""
+    trace: RequestTrace = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,8 @@ class RequestHandler:
         clock: Callable[[], float] = time.time,
         limits: RequestLimits | None = None,
         allowed_domains: tuple[str, ...] = (),
+        tracing: Tracing = NO_TRACING,
+        dead_letter_topic: str = "email.requests.dlq",
     ) -> None:
         self._renderer = renderer
         self._builder = builder
@@ -119,6 +126,8 @@ class RequestHandler:
         self._clock = clock
         self._limits = limits or RequestLimits()
         self._allowed_domains = allowed_domains
+        self._tracing = tracing
+        self._dead_letter_topic = dead_letter_topic
 
     def prepare(self, delivery: Delivery) -> None:
         """Parse, check and render the request into wire bytes, once; no I/O, never awaits.
@@ -131,7 +140,8 @@ class RequestHandler:
         if delivery.email is not None or delivery.refusal is not None:
             return
         try:
-            delivery.email = self._prepare(delivery)
+            with self._trace(delivery).active():
+                delivery.email = self._prepare(delivery)
         except InvalidPayloadError as exc:
             delivery.refusal = (FailureReason.INVALID_PAYLOAD, exc)
         except RecipientNotAllowedError as exc:
@@ -141,16 +151,23 @@ class RequestHandler:
 
     async def process(self, delivery: Delivery) -> Step:
         """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
-        if delivery.dead_letter is not None:
-            return await self._publish(delivery)
-        if delivery.email is None and delivery.refusal is None:
-            self.prepare(delivery)
-            structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
-        if delivery.refusal is not None:
-            reason, error = delivery.refusal
-            return await self._dead_letter(delivery, reason, error)
-        assert delivery.email is not None
-        return await self._attempt(delivery, delivery.email)
+        with self._trace(delivery).active():
+            if delivery.dead_letter is not None:
+                return await self._publish(delivery)
+            if delivery.email is None and delivery.refusal is None:
+                self.prepare(delivery)
+                structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
+            if delivery.refusal is not None:
+                reason, error = delivery.refusal
+                return await self._dead_letter(delivery, reason, error)
+            assert delivery.email is not None
+            return await self._attempt(delivery, delivery.email)
+
+    def _trace(self, delivery: Delivery) -> RequestTrace:
+        """The request's spans, started on its first step (NO_TRACE when tracing is off)."""
+        if delivery.trace is NO_TRACE and self._tracing.enabled:
+            delivery.trace = self._tracing.request(delivery.record)
+        return delivery.trace
 
     async def recover(self, delivery: Delivery, error: Exception) -> Step:
         """Decide what to do after an exception nothing translated (a bug, by definition).
@@ -179,7 +196,9 @@ class RequestHandler:
             raise
         delivery.email_id = request.id
         check_recipient_domains(request, self._allowed_domains)
-        return self._builder.build(request, self._renderer.render(request))
+        with delivery.trace.render():
+            rendered = self._renderer.render(request)
+        return self._builder.build(request, rendered)
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
         if await self._already_sent(email.email_id):
@@ -198,7 +217,7 @@ class RequestHandler:
         delivery.attempts += 1
         started = time.perf_counter()
         try:
-            report = await self._sender.send(email)
+            report = await self._send(delivery, email)
         except SmtpRejectedError as exc:
             self._observe_attempt(started, "rejected")
             self._relay_answered()
@@ -239,6 +258,20 @@ class RequestHandler:
         # keeps email_sent_total from lagging behind the relay by a store round trip.
         await self._remember(email.email_id)
         return Finished(Outcome.SENT)
+
+    async def _send(self, delivery: Delivery, email: OutgoingEmail) -> SendReport:
+        """One SMTP attempt, in a span of its own with the relay's reply code."""
+        with delivery.trace.attempt(delivery.attempts) as span:
+            try:
+                report = await self._sender.send(email)
+            except SmtpError as exc:
+                span.reply(exc.code, error=exc)
+                raise
+            except Exception as exc:
+                span.reply(None, error=exc)
+                raise
+            span.reply(250)
+            return report
 
     def _relay_answered(self) -> None:
         self._relay.answered()
@@ -318,7 +351,10 @@ class RequestHandler:
         letter = delivery.dead_letter
         assert letter is not None
         try:
-            await self._dead_letters.publish(letter)
+            with delivery.trace.publish(self._dead_letter_topic, what="dead_letter") as headers:
+                if headers:
+                    letter = dataclasses.replace(letter, trace_headers=tuple(headers))
+                await self._dead_letters.publish(letter)
         except DeadLetterUnavailableError as exc:
             delivery.publish_failures += 1
             self._health.dead_letter_sink_ok = False
@@ -351,6 +387,7 @@ class RequestHandler:
             self._metrics.send_errors.labels(error_kind).inc()
 
     def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        delivery.trace.end(outcome)
         timestamp_ms = delivery.record.timestamp_ms
         if timestamp_ms is not None and timestamp_ms > 0:
             elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)

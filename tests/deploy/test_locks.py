@@ -1,7 +1,7 @@
 """The lock files scripts/lock writes: every dependency pinned with hashes, one version each.
 
 requirements.lock (runtime, the image), requirements-embedded.lock (plus the embedded extra,
-scripts/dev) and requirements-dev.lock (plus the dev and bench extras, scripts/test and CI).
+scripts/dev) and requirements-dev.lock (plus the otel, dev and bench extras, scripts/test and CI).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 LOCKS = {
     "requirements.lock": (),
     "requirements-embedded.lock": ("embedded",),
-    "requirements-dev.lock": ("embedded", "dev", "bench"),
+    "requirements-dev.lock": ("embedded", "otel", "dev", "bench"),
 }
 
 
