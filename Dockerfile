@@ -15,11 +15,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 RUN python -m venv /opt/venv
 
-# The lock file alone decides this layer, so it stays cached until a dependency changes.
-# Hashes pin the exact files; wheels only, so no compiler is ever needed.
-COPY requirements.lock /tmp/requirements.lock
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --require-hashes --only-binary=:all: \
-        -r /tmp/requirements.lock
+# The lock files alone decide this layer, so it stays cached until a dependency changes.
+# Hashes pin the exact files; wheels only, so no compiler is ever needed. WITH_OTEL=true
+# installs requirements-otel.lock instead: the same pins plus the `otel` extra, for traces.
+ARG WITH_OTEL=false
+COPY requirements.lock requirements-otel.lock /tmp/
+RUN lock=/tmp/requirements.lock \
+    && if [ "$WITH_OTEL" = true ]; then lock=/tmp/requirements-otel.lock; fi \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps --require-hashes --only-binary=:all: \
+        -r "$lock"
 
 # The build backend (setuptools, wheel) at the versions of requirements-build.lock, in a venv of
 # its own that builds the project's wheel and stays in this stage; the runtime venv gets only

@@ -36,6 +36,7 @@ from support.kafka import (
     unique,
     wait_for,
 )
+from support.otlp import OtlpReceiver
 from support.service import environment_for, request_payload, settings_for
 from support.smtp_server import SmtpTestServer
 from support.tools import REPO, missing_tool
@@ -76,22 +77,28 @@ async def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
 
 
+def build_image(tag: str, **environment: str) -> str:
+    """scripts/image TAG, with build settings (WITH_OTEL) in its environment."""
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "image"), tag],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=840,
+        env={**os.environ, **environment},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == tag
+    return tag
+
+
 @pytest.fixture(scope="module")
 def image() -> str:
     """The image scripts/image builds from this checkout (layers cached between runs)."""
     reason = podman_unusable()
     if reason:
         missing_tool(reason)
-    result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "image"), TAG],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=840,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == TAG
-    return TAG
+    return build_image(TAG)
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +266,39 @@ async def test_operator_commands_run_in_the_image_and_dev_says_what_it_lacks(ima
     dev = await podman(*base, "dev", "--once")
     assert dev.returncode == 2, dev.stdout + dev.stderr
     assert "needs the optional 'embedded' extra" in dev.stderr
+
+
+async def test_the_image_built_with_otel_exports_traces(
+    broker: Broker, topics: Topics, relay: SmtpTestServer, image: str
+) -> None:
+    """WITH_OTEL=true adds the otel extra; the default image has no OpenTelemetry at all."""
+    probe = ("run", "--rm", "--network", "none", *ULIMITS, "--entrypoint", "python")
+    plain = await podman(*probe, image, "-c", "import opentelemetry.sdk")
+    assert plain.returncode != 0
+    assert "No module named 'opentelemetry'" in plain.stderr
+    traced = build_image(f"{TAG}-otel", WITH_OTEL="true")
+
+    async with OtlpReceiver() as receiver:
+        settings = settings_for(broker.bootstrap, topics, relay.port)
+        http_port = free_port()
+        environment = environment_for(settings, http_port=http_port)
+        name = f"messaging-service-test-{uuid.uuid4().hex[:10]}"
+        started = await podman(
+            "run", "--detach", "--name", name, "--network", "host", "--read-only",
+            "--cap-drop", "all", *ULIMITS, *container_environment(environment),
+            "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.endpoint}",
+            "--env", "OTEL_BSP_SCHEDULE_DELAY=100",
+            traced,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        try:
+            container = Container(name, http_port)
+            await container.wait_ready()
+            await produce(broker.bootstrap, topics.requests, [request_payload("traced")])
+            await relay.wait_for_messages(1, within=60)
+            await wait_for(
+                lambda: receiver.named(f"process {topics.requests}"), 30, message="span exported"
+            )
+        finally:
+            await podman("rm", "--force", "--time", "0", name)
+    assert receiver.resources[0]["service.name"] == "messaging-service"

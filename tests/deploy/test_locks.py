@@ -93,3 +93,19 @@ def test_the_checkov_lock_pins_what_its_input_asks_for_with_hashes() -> None:
             version = locked[canonicalize_name(requirement.name)][0]
             assert requirement.specifier.contains(version), f"{line}: run scripts/lock"
     assert all(hashes for _, hashes in locked.values())
+
+
+def test_the_otel_lock_is_the_runtime_lock_plus_the_otel_extra() -> None:
+    """requirements-otel.lock: what the image installs with WITH_OTEL=true."""
+    runtime, otel, dev = (
+        pins(lock)
+        for lock in ("requirements.lock", "requirements-otel.lock", "requirements-dev.lock")
+    )
+    for requirement in requirements(("otel",)):
+        name = canonicalize_name(requirement.name)
+        assert name in otel, f"{name} is not in requirements-otel.lock: run scripts/lock"
+        assert requirement.specifier.contains(otel[name][0], prereleases=True)
+    for package, (version, _) in otel.items():
+        assert version == runtime.get(package, dev[package])[0], package
+    assert set(runtime) <= set(otel)
+    assert all(hashes for _, hashes in otel.values())

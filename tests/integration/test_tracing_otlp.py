@@ -1,29 +1,21 @@
 """Traces as a tracing backend gets them: the service process exports over OTLP/HTTP.
 
-A small receiver (aiohttp, in the test) answers ``POST /v1/traces`` and decodes each body as
-the OTLP protobuf ``ExportTraceServiceRequest``; the service runs as ``messaging-service run``
-with only the standard variables set.
+A small receiver (``support.otlp``, aiohttp in the test) answers ``POST /v1/traces`` and
+decodes each body as the OTLP protobuf ``ExportTraceServiceRequest``; the service runs as
+``messaging-service run`` with only the standard variables set.
 """
 
 from __future__ import annotations
 
-import gzip
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from support.kafka import Broker, Topics, free_port, produce, read_all, wait_for
+from support.kafka import Broker, Topics, produce, read_all, wait_for
+from support.otlp import OtlpReceiver, attributes
 from support.service import ServiceProcess, request_payload, settings_for
 from support.smtp_server import SmtpTestServer
 
@@ -33,66 +25,17 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
 
 
-@dataclass
-class Receiver:
-    """Every span the service exported, with its resource's attributes."""
-
-    port: int
-    spans: list[Span] = field(default_factory=list)
-    resources: list[dict[str, Any]] = field(default_factory=list)
-    content_types: set[str] = field(default_factory=set)
-
-    def named(self, name: str) -> list[Span]:
-        return [span for span in self.spans if span.name == name]
-
-
-def value_of(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else None
-
-
-def attributes(span: Span) -> dict[str, Any]:
-    return {item.key: value_of(item.value) for item in span.attributes}
-
-
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver(port=free_port())
-
-    async def traces(request: web.Request) -> web.Response:
-        body = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        found.content_types.add(request.content_type)
-        export = ExportTraceServiceRequest.FromString(body)
-        for resource_spans in export.resource_spans:
-            found.resources.append(
-                {i.key: value_of(i.value) for i in resource_spans.resource.attributes}
-            )
-            for scope_spans in resource_spans.scope_spans:
-                found.spans.extend(scope_spans.spans)
-        return web.Response(
-            body=ExportTraceServiceResponse().SerializeToString(),
-            content_type="application/x-protobuf",
-        )
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", found.port)
-    await site.start()
-    try:
+async def receiver() -> AsyncIterator[OtlpReceiver]:
+    async with OtlpReceiver() as found:
         yield found
-    finally:
-        await runner.cleanup()
 
 
 async def test_the_service_exports_request_spans_over_otlp_http(
     broker: Broker,
     topics: Topics,
     relay: SmtpTestServer,
-    receiver: Receiver,
+    receiver: OtlpReceiver,
     processes: list[ServiceProcess],
     tmp_path: Path,
 ) -> None:
@@ -100,7 +43,7 @@ async def test_the_service_exports_request_spans_over_otlp_http(
         settings_for(broker.bootstrap, topics, relay.port),
         tmp_path / "service.log",
         env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_SERVICE_NAME": "mail-sender",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         },
