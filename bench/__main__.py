@@ -10,14 +10,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from support.apache_kafka import ApacheKafka, missing
-from support.kafka import EmbeddedBroker
-
-from . import report
-from .crash import CrashPlan, CrashResult, crash_markdown, measure_crash
-from .memory import measure_memory, memory_markdown
-from .profile import profile_markdown, profile_service
-from .runner import (
+from messaging_service import report
+from messaging_service.content_mode import content_markdown
+from messaging_service.content_mode import variants as content_variants
+from messaging_service.crash import CrashPlan, CrashResult, crash_markdown, measure_crash
+from messaging_service.memory import measure_memory, memory_markdown
+from messaging_service.profile import profile_markdown, profile_service
+from messaging_service.runner import (
     Context,
     Point,
     Target,
@@ -26,7 +25,9 @@ from .runner import (
     measure_service,
     steps,
 )
-from .tools import REPO, ensure_smtp_sink
+from messaging_service.tools import REPO, ensure_smtp_sink
+from support.apache_kafka import ApacheKafka, missing
+from support.kafka import EmbeddedBroker
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--memory", action="store_true", help="peak RSS with a huge backlog")
     mode.add_argument("--profile", action="store_true", help="py-spy profile of the service")
     mode.add_argument(
+        "--content",
+        action="store_true",
+        help="CPU per email with a 100 KiB attachment and with DKIM (RSA, Ed25519)",
+    )
+    mode.add_argument(
         "--crash",
         action="store_true",
         help="duplicates after kill -9 with and without offset maps (Apache Kafka)",
@@ -107,6 +113,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-workers", type=int, default=50)
     parser.add_argument("--profile-seconds", type=float, default=20)
     parser.add_argument("--profile-count", type=int, default=40_000)
+    parser.add_argument("--content-workers", type=int, default=50)
+    parser.add_argument("--content-count", type=int, default=6000, help="emails per point")
+    parser.add_argument(
+        "--content-attachment-count",
+        type=int,
+        default=2000,
+        help="emails per point with an attachment (each ~137 KB in Kafka and in the sink)",
+    )
     parser.add_argument("--out", type=Path, help="docs folder (default docs/, quick: build/)")
     parser.add_argument("--work-dir", type=Path, help="logs of every process of the run")
     args = parser.parse_args(argv)
@@ -164,6 +178,8 @@ async def run(args: argparse.Namespace) -> None:
             await _memory(ctx, args, machine)
         elif args.profile:
             await _profile(ctx, args, machine)
+        elif args.content:
+            await _content(ctx, args, machine)
         else:
             await _sweep(ctx, args, machine)
 
@@ -334,6 +350,36 @@ async def _profile(ctx: Context, args: argparse.Namespace, machine: report.Machi
     body = f"Measured {machine.finished().line()}.\n\n" + profile_markdown(profile)
     doc = args.out / report.DOC_NAME
     report.replace_section(doc, "profile", body)
+    say(f"bench: wrote {doc}")
+    print("\n" + body)
+
+
+async def _content(ctx: Context, args: argparse.Namespace, machine: report.Machine) -> None:
+    zero = Target("zero")
+    runs = content_variants(args.work_dir)
+    points: list[Point] = []
+    for number, variant in enumerate(runs, 1):
+        count = args.content_attachment_count if variant.attachment_bytes else args.content_count
+        say(
+            f"[{number}/{len(runs)}] content: {variant.name}, {args.content_workers} workers, "
+            f"{count:,} emails"
+        )
+        point = await measure_service(
+            ctx,
+            zero,
+            workers=args.content_workers,
+            count=count,
+            limit=count / 20 + 300,
+            series="content",
+            variant=variant,
+        )
+        say(f"      -> {describe(point)}")
+        points.append(point)
+    finished = machine.finished()
+    body = content_markdown(points, machine_line=finished.line(), workers=args.content_workers)
+    report.write_json(args.out / "benchmark-content.json", finished, points)
+    doc = args.out / report.DOC_NAME
+    report.replace_section(doc, "content", body)
     say(f"bench: wrote {doc}")
     print("\n" + body)
 

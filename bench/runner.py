@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from messaging_service.meter import ProcessMeter
+from messaging_service.service import ServiceConfig, ServiceProcess, metric
+from messaging_service.sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
+from messaging_service.tools import REPO
+from messaging_service.workload import produce_backlog, produce_paced
 from support.kafka import create_topic
-
-from .meter import ProcessMeter
-from .service import ServiceConfig, ServiceProcess, metric
-from .sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
-from .tools import REPO
-from .workload import produce_backlog, produce_paced
 
 Program = Literal["service", "plain"]
 TargetKind = Literal["latency", "zero"]
@@ -58,6 +57,18 @@ class Target:
         return DelaySink(work_dir, delay=self.delay, jitter=self.jitter, fail_share=self.fail_share)
 
 
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """What the emails of a content point carry, and the service settings they need."""
+
+    name: str = ""
+    attachment_bytes: int = 0
+    env: tuple[tuple[str, str], ...] = ()
+
+
+PLAIN_CONTENT = Variant()
+
+
 @dataclass(slots=True)
 class Point:
     """What one program achieved against one target at one concurrency."""
@@ -86,6 +97,8 @@ class Point:
     fail_share: float = 0.0
     retries: int = 0
     """Retries the service scheduled (``email_retries_total``), backlog and paced phase."""
+    variant: str = ""
+    """The content variant ("content" series): attachment, DKIM; empty for the sweep."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -217,6 +230,7 @@ async def measure_service(
     count: int,
     limit: float,
     series: str = "sweep",
+    variant: Variant = PLAIN_CONTENT,
 ) -> Point:
     """Backlog first, then the service: throughput and CPU; then a paced phase for latency."""
     run_id = _run_id(f"svc{workers}")
@@ -224,7 +238,12 @@ async def measure_service(
     await create_topic(ctx.bootstrap, topic, ctx.partitions)
     await create_topic(ctx.bootstrap, dlq, 1)
     produced = await produce_backlog(
-        ctx.bootstrap, topic, run_id=run_id, count=count, partitions=ctx.partitions
+        ctx.bootstrap,
+        topic,
+        run_id=run_id,
+        count=count,
+        partitions=ctx.partitions,
+        attachment_bytes=variant.attachment_bytes,
     )
     ctx.say(f"        {count:,} requests waiting in {topic} ({produced.seconds:.1f} s to produce)")
     began = time.monotonic()
@@ -239,6 +258,7 @@ async def measure_service(
             smtp_port=sink.port,
             workers=workers,
             log_level=ctx.log_level,
+            extra_env=variant.env,
         )
         service = ServiceProcess(config, ctx.work_dir)
         async with metered(service.pid, sink.pid, ctx.broker_pid) as meters:
@@ -250,7 +270,13 @@ async def measure_service(
             extra = max(ctx.latency_min, int(rate * ctx.latency_seconds))
             paced_from = time.time()
             stamps = await produce_paced(
-                ctx.bootstrap, topic, run_id=run_id, count=extra, rate=rate, start=count
+                ctx.bootstrap,
+                topic,
+                run_id=run_id,
+                count=extra,
+                rate=rate,
+                start=count,
+                attachment_bytes=variant.attachment_bytes,
             )
             await wait_for_count(sink, count + extra, limit=limit, alive=service.check_alive)
             assert own is not None
@@ -279,6 +305,7 @@ async def measure_service(
         series=series,
         fail_share=target.fail_share,
         retries=int(metric(samples, "email_retries_total")),
+        variant=variant.name,
     )
     if latencies:
         point.p50_ms = percentile(latencies, 0.50) * 1000

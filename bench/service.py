@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from messaging_service.content import SENDER
+from messaging_service.sinks import HOST, free_port
 from support.kafka import KAFKA_TIMEOUTS
-
-from .content import SENDER
-from .sinks import HOST, free_port
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
 
@@ -31,7 +30,8 @@ class ServiceConfig:
     workers: int
     log_level: str = "INFO"
     extra_env: tuple[tuple[str, str], ...] = ()
-    """More settings as environment variables, e.g. (("EMAIL_RETRY_DELAYS", "3"),)."""
+    """More settings as environment variables, e.g. (("EMAIL_RETRY_DELAYS", "3"),), or the
+    DKIM_* settings of the content variants."""
 
 
 def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
@@ -39,7 +39,7 @@ def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_"))
+        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_", "DKIM_"))
     }
     env.update(
         {

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from .content import Payloads
+from messaging_service.content import Payloads
 
 _BATCH_BYTES = 1 << 20
 _BATCHES_IN_FLIGHT = 64
@@ -33,13 +33,19 @@ def _producer(bootstrap: str, *, linger_ms: int) -> AIOKafkaProducer:
 
 
 async def produce_backlog(
-    bootstrap: str, topic: str, *, run_id: str, count: int, partitions: int
+    bootstrap: str,
+    topic: str,
+    *,
+    run_id: str,
+    count: int,
+    partitions: int,
+    attachment_bytes: int = 0,
 ) -> Produced:
     """Write ``count`` requests (indexes 0...), an equal run of them to each partition, acked.
 
     Whole record batches are built and sent directly: a million requests take seconds.
     """
-    payloads = Payloads(run_id)
+    payloads = Payloads(run_id, attachment_bytes=attachment_bytes)
     began = time.perf_counter()
     producer = _producer(bootstrap, linger_ms=5)
     await producer.start()
@@ -68,13 +74,20 @@ async def produce_backlog(
 
 
 async def produce_paced(
-    bootstrap: str, topic: str, *, run_id: str, count: int, rate: float, start: int
+    bootstrap: str,
+    topic: str,
+    *,
+    run_id: str,
+    count: int,
+    rate: float,
+    start: int,
+    attachment_bytes: int = 0,
 ) -> dict[str, float]:
     """Send ``count`` requests at ``rate`` per second, each stamped with its send time.
 
     Returns each request id's record timestamp in seconds (what the latency is measured from).
     """
-    payloads = Payloads(run_id)
+    payloads = Payloads(run_id, attachment_bytes=attachment_bytes)
     stamps: dict[str, float] = {}
     producer = _producer(bootstrap, linger_ms=0)
     await producer.start()

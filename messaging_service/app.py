@@ -13,30 +13,33 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from .circuit import CircuitBreaker
-from .config import DedupSettings, Settings
-from .consumer import KafkaRequestConsumer
-from .dlq import KafkaDeadLetterSink
-from .handler import RequestHandler
-from .health import Health
-from .http import HttpServer, build_app
-from .lifecycle import Lifecycle
-from .metrics import LiveState, Metrics
-from .mime import MessageBuilder
-from .models import RequestLimits
-from .offsets import OffsetTracker
-from .pipeline import Pipeline, PipelineSettings
-from .pool import WorkerPool
-from .ratelimit import SendRateLimiter
-from .redis_sentlog import RedisSentLog
-from .relay import Relay
-from .retry import RetryPolicy
-from .sentlog import MemorySentLog, SentLog
-from .smtp import SmtpSender
-from .templates import TemplateRenderer
-from .throttle import AdaptiveRate
-from .tracing import NO_TRACING, Tracing
-from .watchdog import Watchdog
+from messaging_service.adapters.attachment_fetch import HttpsAttachmentFetcher
+from messaging_service.adapters.dead_letters import KafkaDeadLetterSink
+from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
+from messaging_service.adapters.redis_sentlog import RedisSentLog
+from messaging_service.adapters.sentlog import MemorySentLog
+from messaging_service.adapters.smtp import SmtpSender
+from messaging_service.config import DedupSettings, DkimSettings, Settings
+from messaging_service.core.circuit import CircuitBreaker
+from messaging_service.core.contract import RequestLimits
+from messaging_service.core.dkim import DEFAULT_HEADERS, DkimSigner, load_private_key
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.offsets import OffsetTracker
+from messaging_service.core.ports import SentLog
+from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.throttle import AdaptiveRate
+from messaging_service.core.watchdog import Watchdog
+from messaging_service.service.handler import RequestHandler
+from messaging_service.service.health import Health
+from messaging_service.service.lifecycle import Lifecycle
+from messaging_service.service.pipeline import Pipeline, PipelineSettings
+from messaging_service.service.pool import WorkerPool
+from messaging_service.service.ratelimit import SendRateLimiter
+from messaging_service.service.relay import Relay
+from messaging_service.telemetry.http import HttpServer, build_app
+from messaging_service.telemetry.metrics import LiveState, Metrics
+from messaging_service.telemetry.tracing import NO_TRACING, Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +70,7 @@ async def run_service(
     email = settings.email
     # Pure parts first: a broken template or sender fails the start, before any connection.
     renderer = TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout)
-    builder = MessageBuilder(email.sender)
+    builder = MessageBuilder(email.sender, signer=dkim_signer(settings.dkim))
     # Never more failures than a request has attempts: an outage must open the circuit
     # before any request could run out of retries because of it.
     relay = Relay(
@@ -112,6 +115,13 @@ async def run_service(
             sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
             tracing=tracing,
             dead_letter_topic=settings.kafka.dlq_topic,
+            fetcher=await stack.enter_async_context(
+                HttpsAttachmentFetcher(
+                    hosts=email.attachment_url_hosts,
+                    ca_file=email.attachment_ca_file,
+                    timeout=email.attachment_fetch_timeout,
+                )
+            ),
         )
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
@@ -151,6 +161,20 @@ async def run_service(
     return committed
 
 
+def dkim_signer(settings: DkimSettings) -> DkimSigner | None:
+    """The signer DKIM_* asks for, or None when signing is off (the key was checked at load)."""
+    if settings.private_key_file is None:
+        return None
+    assert settings.domain is not None
+    assert settings.selector is not None
+    return DkimSigner(
+        domain=settings.domain,
+        selector=settings.selector,
+        key=load_private_key(settings.private_key_file),
+        headers=settings.headers or DEFAULT_HEADERS,
+    )
+
+
 def _pipeline_settings(settings: Settings) -> PipelineSettings:
     return PipelineSettings(
         max_in_flight=settings.email.max_in_flight,
@@ -168,6 +192,8 @@ def _limits(settings: Settings) -> RequestLimits:
         max_recipients=email.max_recipients,
         max_data_depth=email.max_data_depth,
         max_data_bytes=email.max_data_bytes,
+        max_attachment_bytes=email.max_attachment_bytes,
+        attachment_url_hosts=email.attachment_url_hosts,
     )
 
 
@@ -209,6 +235,9 @@ def _log_started(settings: Settings, http_port: int) -> None:
         group=settings.kafka.group_id,
         workers=settings.email.worker_count,
         dedup="memory" if settings.dedup.redis_url is None else "redis",
+        dkim=None
+        if settings.dkim.domain is None
+        else f"{settings.dkim.selector}._domainkey.{settings.dkim.domain}",
         http_port=http_port,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import re
-import ssl
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
@@ -12,11 +11,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .addresses import parse_address
+from messaging_service.core.addresses import normalise_domains, parse_address
+from messaging_service.redaction import redact_url_passwords
+from messaging_service.tls import tls_client_context
 
 DEFAULT_ENV_FILE = Path(".env")
 # The password part of a URL's user information: scheme://user:PASSWORD@host
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@:\s]*:)[^/@\s]*(?=@)")
 # aiokafka's session timeout, which is also its rebalance timeout when none is set.
 _AIOKAFKA_SESSION_TIMEOUT_MS = 10_000
 
@@ -202,15 +202,28 @@ class EmailSettings(BaseSettings):
     # Recipient domains a request may address (to, cc, bcc); empty: any. "example.com" also
     # admits its subdomains ("eu.example.com"), never look-alikes ("badexample.com").
     allowed_domains: Annotated[tuple[str, ...], NoDecode] = ()
+    # Attachments: all of one email's together, decoded; URL attachments are fetched over
+    # HTTPS only from these hosts (none by default: URL attachments are refused).
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    attachment_url_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    attachment_ca_file: Path | None = None
+    attachment_fetch_timeout: float = Field(default=10.0, gt=0)
 
-    @field_validator("allowed_domains", mode="before")
+    @field_validator("attachment_ca_file")
+    @classmethod
+    def _attachment_ca_file_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            tls_client_context(value)  # raises ValueError naming the problem
+        return value
+
+    @field_validator("allowed_domains", "attachment_url_hosts", mode="before")
     @classmethod
     def _parse_domains(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("allowed_domains")
+    @field_validator("allowed_domains", "attachment_url_hosts")
     @classmethod
     def _domains_valid(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return normalise_domains(value)
@@ -312,6 +325,60 @@ def _redis_address_valid(url: str) -> bool:
     return parts.scheme == "unix" or database == "" or database.isdigit()
 
 
+class DkimSettings(BaseSettings):
+    """DKIM signing: on when DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE are set."""
+
+    model_config = _section("DKIM_")
+
+    domain: str | None = None
+    selector: str | None = None
+    # PEM, RSA of at least 2048 bits or Ed25519. Loaded here so a bad key stops the start; the
+    # settings keep only the path, never the key.
+    private_key_file: Path | None = None
+    # Header names signed besides the required set (From, To, Cc, Subject, Date, Message-ID,
+    # MIME-Version, Content-Type, List-Unsubscribe, List-Unsubscribe-Post); empty: the default.
+    headers: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _parse_headers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[!-9;-~]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+        return value
+
+    @field_validator("domain", "selector")
+    @classmethod
+    def _dns_label(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z0-9_]([A-Za-z0-9_.\-]*[A-Za-z0-9])?", value
+        ):
+            raise ValueError(f"{value!r} is not a domain name")
+        return value
+
+    @field_validator("private_key_file")
+    @classmethod
+    def _key_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from messaging_service.core.dkim import (
+                load_private_key,  # cryptography, only when signing is on
+            )
+
+            load_private_key(value)  # raises DkimKeyError (a ValueError) saying why
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.private_key_file is not None
+
+
 class RuntimeSettings(BaseSettings):
     model_config = _section("")
 
@@ -332,6 +399,7 @@ class Settings(BaseModel):
     log: LogSettings
     runtime: RuntimeSettings
     dedup: DedupSettings
+    dkim: DkimSettings
 
     SECTIONS: ClassVar[dict[str, type[BaseSettings]]] = {
         "kafka": KafkaSettings,
@@ -341,6 +409,7 @@ class Settings(BaseModel):
         "log": LogSettings,
         "runtime": RuntimeSettings,
         "dedup": DedupSettings,
+        "dkim": DkimSettings,
     }
 
 
@@ -369,6 +438,12 @@ def _check_consistency(settings: Settings) -> None:
         problems.append(
             "SMTP_CA_FILE: is set but SMTP_SECURITY=none, so it would be ignored; "
             "use starttls or tls"
+        )
+    dkim = settings.dkim
+    given = [dkim.domain is not None, dkim.selector is not None, dkim.private_key_file is not None]
+    if any(given) and not all(given):
+        problems.append(
+            "DKIM_DOMAIN/DKIM_SELECTOR/DKIM_PRIVATE_KEY_FILE: set all three to sign, or none"
         )
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
@@ -448,54 +523,3 @@ def _as_text(value: Any) -> str | None:
     if isinstance(value, tuple):
         return ",".join(str(_as_text(item)) for item in value)
     return redact_url_passwords(str(value))
-
-
-def redact_url_passwords(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` masked."""
-    return _URL_PASSWORD.sub(lambda match: match.group("head") + "**********", text)
-
-
-def kafka_client_options(kafka: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options shared by the consumer and the producer."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_list,
-        "security_protocol": kafka.security_protocol.value,
-        "request_timeout_ms": kafka.request_timeout_ms,
-    }
-    if kafka.security_protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL):
-        options["ssl_context"] = tls_client_context(kafka.ssl_cafile)
-    if kafka.sasl_mechanism is not None:
-        options["sasl_mechanism"] = kafka.sasl_mechanism.value
-        options["sasl_plain_username"] = kafka.sasl_username
-        if kafka.sasl_password is not None:
-            options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
-    return options
-
-
-def tls_client_context(ca_file: Path | None) -> ssl.SSLContext:
-    """A client context that verifies the server's certificate and host name.
-
-    Trusts ``ca_file`` alone when given (a private CA), else the system's CAs. Raises
-    ValueError saying why a CA file cannot be used.
-    """
-    try:
-        return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-    except FileNotFoundError as exc:
-        raise ValueError(f"{ca_file} does not exist") from exc
-    except OSError as exc:  # unreadable; ssl.SSLError (not PEM certificates) is an OSError too
-        raise ValueError(f"{ca_file} is not a readable PEM CA bundle: {exc}") from exc
-
-
-def normalise_domains(domains: tuple[str, ...]) -> tuple[str, ...]:
-    """Lower-case ASCII (IDNA) domains without a leading '@' or '.' or a trailing '.'."""
-    cleaned = []
-    for domain in domains:
-        name = domain.strip().lstrip("@").strip(".").lower()
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise ValueError(f"{domain!r} is not a domain name") from exc
-        if not name or any(c.isspace() or c in "@,;<>" for c in name):
-            raise ValueError(f"{domain!r} is not a domain name (e.g. example.com)")
-        cleaned.append(name)
-    return tuple(dict.fromkeys(cleaned))

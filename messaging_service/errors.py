@@ -23,6 +23,15 @@ class RecipientNotAllowedError(PermanentError):
     """A recipient's domain is outside EMAIL_ALLOWED_DOMAINS."""
 
 
+class AttachmentError(PermanentError):
+    """An attachment cannot be sent: bad base64, too big, a blocked file type, a URL whose host
+    is not allowed or that answered 4xx, or a redirect to another host."""
+
+
+class AttachmentUnavailableError(RetriableError):
+    """An attachment URL could not be fetched for now: a 5xx answer, a timeout, no connection."""
+
+
 class TemplateError(PermanentError):
     """The template is unknown, a variable is missing, or rendering failed."""
 

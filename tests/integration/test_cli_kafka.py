@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from messaging_service.adapters.dead_letters import dead_letter_headers
 from messaging_service.cli import main
-from messaging_service.dlq import dead_letter_headers
+from messaging_service.core.values import DeadLetter, FailureReason, InboundRecord
 from messaging_service.errors import InvalidPayloadError, SmtpRejectedError
-from messaging_service.models import DeadLetter, FailureReason, InboundRecord
 from support.kafka import Broker, Record, Topics, create_topic, produce, read_all, unique
 from support.service import request_payload
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from messaging_service.mime import message_id
+from messaging_service.core.mime import message_id
 from support.kafka import Broker, Topics, committed_offsets, produce, read_all, wait_for
 from support.service import headers_of, in_process, request_payload, settings_for
 from support.smtp_server import TRY_LATER, SmtpTestServer

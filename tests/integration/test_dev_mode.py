@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from messaging_service.models import Outcome
-from messaging_service.preview import render_template
-from messaging_service.samples import samples
+from messaging_service.core.values import Outcome
+from messaging_service.dev.samples import samples
+from messaging_service.ops.preview import render_template
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def test_dev_once_delivers_every_built_in_template_and_dead_letters_one(tmp_path
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "done: 3 sent, 1 dead-lettered" in result.stdout
+    assert "done: 4 sent, 1 dead-lettered" in result.stdout
     assert (
         "dead letter sample-dead-letter: template_error - "
         "template 'password_reset' (text): 'reset_url' is undefined"
@@ -70,7 +70,9 @@ def test_dev_once_delivers_every_built_in_template_and_dead_letters_one(tmp_path
     assert "email_dead_lettered" not in result.stdout
     assert_status_never_trails_the_lines_above_it(result.stdout)
     expected = {
-        sample.id: render_template(sample.request["template"], sample.request["data"]).subject
+        sample.id: render_template(
+            sample.request["template"], sample.request["data"], locale=sample.request.get("locale")
+        ).subject
         for sample in samples()
         if sample.outcome is Outcome.SENT
     }
@@ -80,6 +82,13 @@ def test_dev_once_delivers_every_built_in_template_and_dead_letters_one(tmp_path
         assert f"mail     to {message['To'].addresses[0].addr_spec}" in result.stdout, email_id
         assert message.get_body(("plain",)) is not None
         assert message.get_body(("html",)) is not None
+    invoice = caught["sample-invoice-attached"]
+    [attached] = list(invoice.iter_attachments())
+    assert attached.get_filename() == "Rechnung-A-1002.pdf"
+    related = next(p for p in invoice.walk() if p.get_content_type() == "multipart/related")
+    html, logo = related.iter_parts()
+    assert 'src="cid:logo"' in html.get_content()
+    assert logo["Content-ID"] == "<logo>"
 
 
 def test_dev_once_exits_1_with_the_reason_when_a_sample_does_not_reach_its_outcome(
@@ -96,6 +105,7 @@ def test_dev_once_exits_1_with_the_reason_when_a_sample_does_not_reach_its_outco
     assert result.returncode == 1, result.stdout + result.stderr
     assert "unexpected outcome: sample-welcome was not delivered" in result.stderr
     assert sorted(outbox(tmp_path / "tmp")) == [
+        "sample-invoice-attached",
         "sample-order-confirmation",
         "sample-password-reset",
     ]

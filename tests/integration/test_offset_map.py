@@ -17,8 +17,8 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from messaging_service.kafka_admin import admin_client
-from messaging_service.offsetmap import OffsetMap, decode
+from messaging_service.adapters.kafka_admin import admin_client
+from messaging_service.core.offsetmap import OffsetMap, decode
 from support.apache_kafka import ApacheKafka, missing
 from support.kafka import Broker, Topics, create_topic, produce, unique, wait_for
 from support.service import ServiceProcess, request_payload, settings_for

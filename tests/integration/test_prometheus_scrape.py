@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from messaging_service.health import Health
+from messaging_service.service.health import Health
 from support.kafka import Broker, Topics, create_topic, free_port, produce, unique, wait_for
 from support.service import InProcessService, in_process, request_payload, settings_for
 from support.smtp_server import SmtpTestServer

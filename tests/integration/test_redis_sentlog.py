@@ -8,9 +8,9 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
+from messaging_service.adapters.redis_sentlog import RedisSentLog
 from messaging_service.config import DedupSettings
 from messaging_service.errors import SentLogUnavailableError
-from messaging_service.redis_sentlog import RedisSentLog
 from support.kafka import wait_for
 from support.redis_server import RedisServer
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import aiosmtplib
 import pytest
 
+from messaging_service.adapters.smtp import SmtpSender
 from messaging_service.config import SmtpSecurity, SmtpSettings
+from messaging_service.core.values import OutgoingEmail, RecipientRefusal, SendReport
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
-from messaging_service.models import OutgoingEmail, RecipientRefusal, SendReport
-from messaging_service.smtp import SmtpSender
 from support.smtp_server import NO_SUCH_USER, TRY_LATER, SmtpTestServer
 
 pytestmark = pytest.mark.integration

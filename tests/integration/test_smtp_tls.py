@@ -16,16 +16,16 @@ import structlog
 import trustme
 from prometheus_client import CollectorRegistry
 
+from messaging_service.adapters.smtp import SmtpSender
 from messaging_service.config import SmtpSecurity, SmtpSettings
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import OutgoingEmail
 from messaging_service.errors import SmtpTransientError
-from messaging_service.handler import Delivery, RequestHandler, RetryIn
-from messaging_service.health import Health
-from messaging_service.metrics import Metrics
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import OutgoingEmail
-from messaging_service.retry import RetryPolicy
-from messaging_service.smtp import SmtpSender
-from messaging_service.templates import TemplateRenderer
+from messaging_service.service.handler import Delivery, RequestHandler, RetryIn
+from messaging_service.service.health import Health
+from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, record
 from support.smtp_server import SmtpTestServer
 

@@ -205,7 +205,7 @@ def ids_in(records: list[Any]) -> list[str]:
     return [json.loads(record.value)["id"] for record in records]
 
 
-async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_everything(
+async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_everything(  # noqa: C901 - one scenario, told in order
     restartable_broker: RestartableBroker,
     relay: SmtpTestServer,
     processes: list[ServiceProcess],

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from messaging_service.embedded import EmbeddedBroker
+from messaging_service.dev.embedded import EmbeddedBroker
 from support.s3 import s3_storage
 
 

@@ -6,9 +6,9 @@ import asyncio
 from collections import deque
 from collections.abc import Mapping
 
+from messaging_service.core.offsets import Commit, TopicPartition
+from messaging_service.core.values import DeadLetter, InboundRecord, OutgoingEmail, SendReport
 from messaging_service.errors import DeadLetterUnavailableError, SentLogUnavailableError
-from messaging_service.models import DeadLetter, InboundRecord, OutgoingEmail, SendReport
-from messaging_service.offsets import Commit, TopicPartition
 
 Script = SendReport | Exception
 
@@ -146,3 +146,20 @@ def record(
         value=value,
         headers=(("trace", b"abc"),),
     )
+
+
+class FakeFetcher:
+    """Answers each attachment URL with the next scripted bytes or error, recording the URLs."""
+
+    def __init__(self, *script: bytes | Exception) -> None:
+        self.script: deque[bytes | Exception] = deque(script)
+        self.urls: list[str] = []
+        self.budgets: list[int] = []
+
+    async def fetch(self, url: str, *, max_bytes: int) -> bytes:
+        self.urls.append(url)
+        self.budgets.append(max_bytes)
+        result = self.script.popleft()
+        if isinstance(result, Exception):
+            raise result
+        return result

@@ -28,8 +28,9 @@ from typing import Any, Protocol, TypeAlias, TypeVar, overload
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from messaging_service import kafka_admin
-from messaging_service.embedded import (
+from messaging_service.adapters import kafka_admin
+from messaging_service.adapters.kafka_admin import admin_client, topic_partitions
+from messaging_service.dev.embedded import (
     HOST,
     TANSU_GROUP_TIMEOUTS,
     BrokerStartError,
@@ -37,7 +38,6 @@ from messaging_service.embedded import (
     free_port,
     tansu_binary,
 )
-from messaging_service.kafka_admin import admin_client, topic_partitions
 
 __all__ = [
     "BOOTSTRAP_ENV",

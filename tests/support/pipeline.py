@@ -10,22 +10,22 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from messaging_service.circuit import CircuitBreaker
-from messaging_service.handler import RequestHandler
-from messaging_service.health import Health
-from messaging_service.lifecycle import Lifecycle
-from messaging_service.metrics import Metrics
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import DeadLetterSink, InboundRecord, Sender
-from messaging_service.offsetmap import OffsetMap
-from messaging_service.offsets import OffsetTracker, TopicPartition
-from messaging_service.pipeline import Pipeline, PipelineSettings
-from messaging_service.pool import WorkerPool
-from messaging_service.relay import Relay
-from messaging_service.retry import Backoff, RetryPolicy
-from messaging_service.sentlog import SentLog
-from messaging_service.templates import TemplateRenderer
-from messaging_service.watchdog import Watchdog
+from messaging_service.core.circuit import CircuitBreaker
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.offsetmap import OffsetMap
+from messaging_service.core.offsets import OffsetTracker, TopicPartition
+from messaging_service.core.ports import DeadLetterSink, Sender, SentLog
+from messaging_service.core.retry import Backoff, RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import InboundRecord
+from messaging_service.core.watchdog import Watchdog
+from messaging_service.service.handler import RequestHandler
+from messaging_service.service.health import Health
+from messaging_service.service.lifecycle import Lifecycle
+from messaging_service.service.pipeline import Pipeline, PipelineSettings
+from messaging_service.service.pool import WorkerPool
+from messaging_service.service.relay import Relay
+from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSource
 
 TP = TopicPartition("email.requests", 0)

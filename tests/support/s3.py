@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from messaging_service.embedded import HOST, free_port
+from messaging_service.dev.embedded import HOST, free_port
 
 _START_TIMEOUT = 30.0
 

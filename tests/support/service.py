@@ -36,6 +36,8 @@ def settings_for(
     smtp_timeout: float = 5,
     runtime: Mapping[str, Any] | None = None,
     redis_url: str | None = None,
+    email: Mapping[str, Any] | None = None,
+    dkim: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Settings for one test: its own topics and group, the lowered group timeouts."""
     return load_settings(
@@ -56,10 +58,12 @@ def settings_for(
             "max_in_flight": max_in_flight or max(1000, workers + buffer),
             "retry_delays": retry_delays,
             "max_retries": max_retries,
+            **(email or {}),
         },
         http={"host": "127.0.0.1", "port": 0},
         runtime={"shutdown_timeout": shutdown_timeout, **(runtime or {})},
         dedup={"redis_url": redis_url, "key_prefix": f"{topics.group}:sent:"},
+        dkim=dict(dkim or {}),
     )
 
 
@@ -69,7 +73,7 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_", "DEDUP_"))
+        if not key.startswith(("KAFKA_", "SMTP_", "EMAIL_", "HTTP_", "LOG_", "DEDUP_", "DKIM_"))
     }
     env.update(
         {

@@ -10,18 +10,18 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from messaging_service.circuit import CircuitBreaker, CircuitState
+from messaging_service.core.circuit import CircuitBreaker, CircuitState
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.throttle import AdaptiveRate
+from messaging_service.core.values import InboundRecord, Outcome, OutgoingEmail, SendReport
 from messaging_service.errors import SmtpTransientError, SmtpUnavailableError
-from messaging_service.handler import Delivery, Finished, Parked, RequestHandler, RetryIn
-from messaging_service.health import Health
-from messaging_service.metrics import Metrics
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import InboundRecord, Outcome, OutgoingEmail, SendReport
-from messaging_service.ratelimit import SendRateLimiter
-from messaging_service.relay import Relay as RelayState
-from messaging_service.retry import RetryPolicy
-from messaging_service.templates import TemplateRenderer
-from messaging_service.throttle import AdaptiveRate
+from messaging_service.service.handler import Delivery, Finished, Parked, RequestHandler, RetryIn
+from messaging_service.service.health import Health
+from messaging_service.service.ratelimit import SendRateLimiter
+from messaging_service.service.relay import Relay as RelayState
+from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
 from support.pipeline import TP, running
 

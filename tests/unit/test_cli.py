@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from messaging_service.cli import main
 from messaging_service.config import Settings
-from messaging_service.samples import Sample, samples
+from messaging_service.dev.samples import Sample, samples
 
 # Nothing listens there: a command that got as far as Kafka would fail with exit 1.
 UNREACHABLE = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "KAFKA_REQUEST_TIMEOUT_MS": "1000"}

@@ -9,6 +9,9 @@ from typing import Any, cast
 import pytest
 import trustme
 
+from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
+from messaging_service.adapters.kafka_options import kafka_client_options
+from messaging_service.adapters.kafka_producer import Publisher
 from messaging_service.config import (
     ConfigError,
     KafkaSecurityProtocol,
@@ -16,11 +19,8 @@ from messaging_service.config import (
     SaslMechanism,
     SmtpSecurity,
     environment_items,
-    kafka_client_options,
     load_settings,
 )
-from messaging_service.consumer import KafkaRequestConsumer
-from messaging_service.publish import Publisher
 
 _VARIABLES = (
     "KAFKA_BOOTSTRAP_SERVERS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from messaging_service.console import Console
+from messaging_service.dev.console import Console
 
 
 def test_off_a_tty_the_status_is_a_plain_line_printed_only_when_it_changes() -> None:

@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, OffsetMetadataTooLargeError
 from aiokafka.structs import OffsetAndMetadata
 
+from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
 from messaging_service.config import KafkaSettings
-from messaging_service.consumer import KafkaRequestConsumer
-from messaging_service.offsetmap import OffsetMap, encode
-from messaging_service.offsets import Commit, TopicPartition
+from messaging_service.core.offsetmap import OffsetMap, encode
+from messaging_service.core.offsets import Commit, TopicPartition
 
 TP = TopicPartition("emails", 0)
 OTHER = TopicPartition("emails", 1)

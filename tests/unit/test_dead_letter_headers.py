@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from messaging_service.dlq import DEAD_LETTER_HEADERS, MAX_MESSAGE_LENGTH, dead_letter_headers
+from messaging_service.adapters.dead_letters import (
+    DEAD_LETTER_HEADERS,
+    MAX_MESSAGE_LENGTH,
+    dead_letter_headers,
+)
+from messaging_service.core.values import DeadLetter, FailureReason
 from messaging_service.errors import SmtpRejectedError
-from messaging_service.models import DeadLetter, FailureReason
 from support.fakes import record
 
 

@@ -7,7 +7,10 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging_service.deadletters import (
+from messaging_service.adapters.dead_letters import DEAD_LETTER_HEADERS, dead_letter_headers
+from messaging_service.core.values import DeadLetter, FailureReason
+from messaging_service.errors import SmtpRejectedError
+from messaging_service.ops.deadletters import (
     BUCKETS,
     OTHER,
     Decision,
@@ -16,9 +19,6 @@ from messaging_service.deadletters import (
     replay_group,
     strip_dead_letter_headers,
 )
-from messaging_service.dlq import DEAD_LETTER_HEADERS, dead_letter_headers
-from messaging_service.errors import SmtpRejectedError
-from messaging_service.models import DeadLetter, FailureReason
 from support.fakes import record
 
 

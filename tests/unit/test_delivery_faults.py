@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 import structlog
 import structlog.testing
 
-from messaging_service.consumer import ConsumerError
-from messaging_service.models import DeadLetter, InboundRecord
-from messaging_service.offsets import Commit, TopicPartition
-from messaging_service.pool import Job
-from messaging_service.templates import TemplateRenderer
+from messaging_service.adapters.kafka_consumer import ConsumerError
+from messaging_service.core.offsets import Commit, TopicPartition
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import DeadLetter, InboundRecord
+from messaging_service.service.pool import Job
 from support.fakes import FakeSender, FakeSource, record
 from support.pipeline import TP, running
 

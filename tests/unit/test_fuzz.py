@@ -10,6 +10,7 @@ names or addresses must never add one. ``FUZZ_EXAMPLES`` raises the example coun
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.policy
 import json
 import os
@@ -22,13 +23,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from messaging_service.handler import Delivery, Finished, RequestHandler
-from messaging_service.health import Health
-from messaging_service.metrics import Metrics
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import Outcome, RequestLimits
-from messaging_service.retry import RetryPolicy
-from messaging_service.templates import TemplateRenderer
+from messaging_service.core.contract import RequestLimits
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import Outcome
+from messaging_service.service.handler import Delivery, Finished, RequestHandler
+from messaging_service.service.health import Health
+from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
 
 pytestmark = pytest.mark.fuzz
@@ -264,3 +266,81 @@ def test_allowlist_never_lets_another_domain_through() -> None:
             assert all(r.rpartition("@")[2].endswith("example.com") for r in sent.recipients)
     finally:
         runner.close()
+
+
+B64 = st.one_of(st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()), HOSTILE)
+ATTACHMENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "filename": st.one_of(
+            st.sampled_from(["a.pdf", "x.exe", "..", "a/b.pdf", "Rechnung März.pdf", "logo.png"]),
+            HOSTILE,
+            JSON,
+        ),
+        "content_type": st.one_of(st.sampled_from(["application/pdf", "image/png"]), HOSTILE),
+        "content": st.one_of(B64, JSON),
+        "url": st.one_of(
+            st.sampled_from(["https://files.example.com/a.pdf", "http://x.example.com/a"]),
+            HOSTILE,
+        ),
+        "content_id": st.one_of(st.sampled_from(["logo", "<x>", "a b"]), HOSTILE),
+        "extra": JSON,
+    },
+)
+HEADER_NAME = st.one_of(
+    st.sampled_from(
+        ["X-Campaign", "List-Id", "References", "From", "Bcc", "X-Email-Id", "x-a", "X A"]
+    ),
+    HOSTILE,
+)
+CONTENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "attachments": st.one_of(st.lists(ATTACHMENT, max_size=3), JSON),
+        "headers": st.one_of(st.dictionaries(HEADER_NAME, HOSTILE, max_size=4), JSON),
+        "list_unsubscribe": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "url": st.one_of(st.just("https://shop.example.com/u/1"), HOSTILE),
+                    "mailto": st.one_of(ADDRESS, JSON),
+                },
+            ),
+            JSON,
+        ),
+        "locale": st.one_of(st.sampled_from(["de", "de-AT", "zz-ZZ", "de_AT"]), HOSTILE),
+        "tags": st.one_of(st.lists(HOSTILE, max_size=12), JSON),
+        "metadata": st.one_of(st.dictionaries(st.text(max_size=8), HOSTILE, max_size=4), JSON),
+    },
+)
+OWNED = {"bcc", "received", "return-path", "dkim-signature"}
+
+
+def test_contract_additions_never_escape_or_inject_a_header(run: Run) -> None:
+    """Attachments, headers, unsubscribe, locale, tags, metadata: an outcome, no injection."""
+    base = {"id": "c-1", "template": "welcome", "to": "bob@example.com", "data": {"name": "x"}}
+
+    @FUZZ
+    @given(CONTENT.map(lambda extra: {**base, **extra}))
+    def one(value: dict[str, Any]) -> None:
+        sent_before = len(run.sender.sent)
+        letters_before = len(run.dead_letters.published)
+        step = run.loop.run_until_complete(
+            run.handler.process(Delivery(record(json.dumps(value).encode())))
+        )
+        assert isinstance(step, Finished), step
+        if step.outcome is Outcome.SENT:
+            [sent] = run.sender.sent[sent_before:]
+            message = _PARSER.parsebytes(sent.message)
+            names = [name.lower() for name in message]
+            assert not set(names) & OWNED
+            assert len(names) == len(set(names)), names
+            for part in message.walk():
+                assert not part.defects, part.defects
+        else:
+            [letter] = run.dead_letters.published[letters_before:]
+            assert letter.reason is not None
+        assert run.registry.get_sample_value("email_unexpected_errors_total") == 0
+
+    one()
+    assert run.sender.sent, "no generated request was ever sent: the strategy is too hostile"

@@ -7,14 +7,14 @@ import json
 import structlog
 from prometheus_client import CollectorRegistry
 
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import Outcome
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
-from messaging_service.handler import Delivery, Finished, RequestHandler, RetryIn
-from messaging_service.health import Health
-from messaging_service.metrics import Metrics
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import Outcome
-from messaging_service.retry import RetryPolicy
-from messaging_service.templates import TemplateRenderer
+from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
+from messaging_service.service.health import Health
+from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, FakeSentLog, record, unavailable
 
 RENDERER = TemplateRenderer()

@@ -14,8 +14,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from messaging_service.lifecycle import Lifecycle, Request, Stage, TransitionError
-from messaging_service.offsets import PartitionOffsets, TopicPartition
+from messaging_service.core.offsets import PartitionOffsets, TopicPartition
+from messaging_service.service.lifecycle import Lifecycle, Request, Stage, TransitionError
 from support.fakes import record
 
 TP = TopicPartition("email.requests", 0)

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging_service.addresses import Address
-from messaging_service.mime import MessageBuilder, message_id
-from messaging_service.models import MAX_SUBJECT_LENGTH, EmailRequest, OutgoingEmail, RenderedEmail
-from messaging_service.templates import TemplateRenderer
+from messaging_service.core.addresses import Address
+from messaging_service.core.contract import MAX_SUBJECT_LENGTH, EmailRequest
+from messaging_service.core.mime import MessageBuilder, message_id
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import OutgoingEmail, RenderedEmail
 
 NOW = 1_700_000_000.0
 BUILDER = MessageBuilder("Shop <no-reply@shop.example>", clock=lambda: NOW)

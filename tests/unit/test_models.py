@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging_service.errors import InvalidPayloadError
-from messaging_service.models import (
+from messaging_service.core.contract import (
     MAX_RECIPIENTS,
     EmailRequest,
     guess_request_id,
     parse_request,
 )
+from messaging_service.errors import InvalidPayloadError
 
 
 def _payload(**fields: Any) -> bytes:

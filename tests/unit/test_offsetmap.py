@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from messaging_service.offsetmap import (
+from messaging_service.core.offsetmap import (
     PREFIX,
     OffsetMap,
     Run,

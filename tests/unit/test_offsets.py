@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from messaging_service.offsetmap import OffsetMap, decode
-from messaging_service.offsets import (
+from messaging_service.core.offsetmap import OffsetMap, decode
+from messaging_service.core.offsets import (
     Commit,
     OffsetTracker,
     PartitionOffsets,

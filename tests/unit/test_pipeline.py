@@ -8,11 +8,11 @@ import itertools
 import json
 from collections.abc import Callable
 
+from messaging_service.core.offsetmap import OffsetMap, decode
+from messaging_service.core.values import InboundRecord, OutgoingEmail, SendReport
+from messaging_service.core.watchdog import Watchdog
 from messaging_service.errors import SmtpTransientError
-from messaging_service.metrics import Metrics
-from messaging_service.models import InboundRecord, OutgoingEmail, SendReport
-from messaging_service.offsetmap import OffsetMap, decode
-from messaging_service.watchdog import Watchdog
+from messaging_service.telemetry.metrics import Metrics
 from support.fakes import record
 from support.pipeline import TP, running
 

@@ -10,7 +10,7 @@ import pytest
 import structlog
 import structlog.testing
 
-from messaging_service.pool import (
+from messaging_service.service.pool import (
     CURRENT_WORKER,
     Job,
     JobStatus,

@@ -7,20 +7,20 @@ import json
 
 from prometheus_client import CollectorRegistry
 
-from messaging_service.handler import Delivery, Finished, RequestHandler
-from messaging_service.health import Health
-from messaging_service.metrics import Metrics
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import (
-    EmailRequest,
+from messaging_service.core.contract import EmailRequest
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import (
     FailureReason,
     Outcome,
     OutgoingEmail,
     RenderedEmail,
     SendReport,
 )
-from messaging_service.retry import RetryPolicy
-from messaging_service.templates import TemplateRenderer
+from messaging_service.service.handler import Delivery, Finished, RequestHandler
+from messaging_service.service.health import Health
+from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
 from support.pipeline import running
 

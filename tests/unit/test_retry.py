@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from messaging_service.core.retry import Backoff, RetryPolicy, is_retriable
 from messaging_service.errors import (
     InvalidPayloadError,
     SmtpRejectedError,
     SmtpTransientError,
 )
-from messaging_service.retry import Backoff, RetryPolicy, is_retriable
 
 
 def test_default_schedule_is_one_five_ten_seconds() -> None:

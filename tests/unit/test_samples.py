@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from messaging_service.core.contract import parse_request
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import Outcome
+from messaging_service.dev.samples import Sample, samples
 from messaging_service.errors import TemplateError
-from messaging_service.models import Outcome, parse_request
-from messaging_service.preview import render_template
-from messaging_service.publish import encode_request
-from messaging_service.samples import Sample, samples
-from messaging_service.templates import TemplateRenderer
+from messaging_service.ops.preview import render_template
+from messaging_service.ops.send import encode_request
 
 
 def test_every_built_in_template_has_a_sample_that_is_sent() -> None:

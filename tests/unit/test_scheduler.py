@@ -9,8 +9,8 @@ import pytest
 import structlog
 import structlog.testing
 
-from messaging_service.pool import Job
-from messaging_service.scheduler import DelayQueue, SchedulerClosedError
+from messaging_service.service.pool import Job
+from messaging_service.service.scheduler import DelayQueue, SchedulerClosedError
 
 # A generous guard so a broken queue fails the test instead of hanging it; never a measurement.
 GUARD = 10.0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from messaging_service.adapters.smtp import SmtpSender
 from messaging_service.cli import main
-from messaging_service.config import load_settings, redact_url_passwords
-from messaging_service.smtp import SmtpSender
+from messaging_service.config import load_settings
+from messaging_service.redaction import redact_url_passwords
 
 SMTP_SECRET = "smtp-Secret-91f0"
 SASL_SECRET = "sasl-Secret-3c7d"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from messaging_service.sentlog import MemorySentLog
+from messaging_service.adapters.sentlog import MemorySentLog
 
 
 class Clock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from messaging_service.smtp_wire import data_bytes, envelope_address
+from messaging_service.adapters.smtp_wire import data_bytes, envelope_address
 
 
 def test_crlf_message_is_sent_as_it_is_with_the_end_marker() -> None:

@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from messaging_service.ratelimit import SendRateLimiter
-from messaging_service.throttle import (
+from messaging_service.core.throttle import (
     AdaptiveRate,
     AimdPolicy,
     PushBack,
     RateMeter,
     is_throttling,
 )
+from messaging_service.service.ratelimit import SendRateLimiter
 
 
 class Clock:

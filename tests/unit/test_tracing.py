@@ -20,17 +20,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from messaging_service.dlq import dead_letter_headers
+from messaging_service.adapters.dead_letters import dead_letter_headers
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.values import InboundRecord, Outcome
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
-from messaging_service.handler import Delivery, Finished, RequestHandler, RetryIn
-from messaging_service.health import Health
-from messaging_service.metrics import Metrics
-from messaging_service.mime import MessageBuilder
-from messaging_service.models import InboundRecord, Outcome
-from messaging_service.otel import OtelTracing, add_trace_ids
-from messaging_service.retry import RetryPolicy
-from messaging_service.templates import TemplateRenderer
-from messaging_service.tracing import (
+from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
+from messaging_service.service.health import Health
+from messaging_service.telemetry.metrics import Metrics
+from messaging_service.telemetry.otel import OtelTracing, add_trace_ids
+from messaging_service.telemetry.tracing import (
     NO_TRACE,
     NO_TRACING,
     TracingConfigError,
@@ -288,7 +288,9 @@ def test_variables_the_service_cannot_honour_are_refused(
 
 
 def test_configured_tracing_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "messaging_service.otel", None)  # as if not installed
+    monkeypatch.setitem(
+        sys.modules, "messaging_service.telemetry.otel", None
+    )  # as if not installed
     with pytest.raises(TracingConfigError, match=r"the optional 'otel' extra"):
         tracing_from_environment({"OTEL_TRACES_EXPORTER": "otlp"}, group_id=GROUP)
 
@@ -308,9 +310,10 @@ def test_untraced_service_never_loads_the_tracing_sdk() -> None:
     code = (
         "import sys\n"
         "import messaging_service.app, messaging_service.cli\n"
-        "from messaging_service.tracing import NO_TRACING, tracing_from_environment\n"
+        "from messaging_service.telemetry.tracing import NO_TRACING, tracing_from_environment\n"
         "assert tracing_from_environment({}, group_id='g') is NO_TRACING\n"
-        "loaded = ('messaging_service.otel', 'opentelemetry.sdk.trace', 'opentelemetry.exporter')\n"
+        "loaded = ('messaging_service.telemetry.otel', 'opentelemetry.sdk.trace',"
+        " 'opentelemetry.exporter')\n"
         "print(sorted(m for m in sys.modules if m.startswith(loaded)))\n"
     )
     result = subprocess.run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from messaging_service.watchdog import Watchdog
+from messaging_service.core.watchdog import Watchdog
 
 
 class Clock:

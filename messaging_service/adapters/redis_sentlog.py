@@ -1,0 +1,98 @@
+"""Adapter over redis-py's asyncio client: the record of sent ids shared by every replica.
+
+Each sent id is a key ``<prefix><id>`` set with ``SET key 1 EX ttl``; Redis expires it. Errors
+are translated once, here, into SentLogUnavailableError, and a command never waits longer than
+the configured timeout and is never retried: the caller fails open, so a slow store must not
+slow sending down more than that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from messaging_service.config import DedupSettings
+from messaging_service.core.lifetime import ClosedOnExit
+from messaging_service.errors import SentLogUnavailableError
+
+log = structlog.get_logger(__name__)
+
+# After a failure, answer "unavailable" at once for this long instead of paying the timeout on
+# every send while the store is down (one probe per interval finds it back).
+_HOLD_OFF = 1.0
+
+
+class RedisSentLog(ClosedOnExit):
+    """A SentLog in Redis. Use as an async context manager; closing twice is harmless."""
+
+    def __init__(
+        self, settings: DedupSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if settings.redis_url is None:
+            raise ValueError("DEDUP_REDIS_URL is not set")
+        self._prefix = settings.key_prefix
+        self._ttl = settings.ttl
+        self._clock = clock
+        self._down_until = 0.0
+        self._client: Redis | None = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def __aenter__(self) -> RedisSentLog:
+        # Not reachable at start is not fatal: sending goes on without the record (fail open).
+        try:
+            await self._redis().ping()
+        except (RedisError, OSError) as exc:
+            log.warning("dedup_unavailable", operation="ping", error=_describe(exc))
+        else:
+            log.info("dedup_store_ready", store="redis")
+        return self
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def seen(self, email_id: str) -> bool:
+        client = self._available()
+        try:
+            return bool(await client.exists(self._prefix + email_id))
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
+
+    async def record(self, email_id: str) -> None:
+        client = self._available()
+        try:
+            await client.set(self._prefix + email_id, 1, ex=self._ttl)
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            raise SentLogUnavailableError("sent-id store is closed")
+        return self._client
+
+    def _available(self) -> Redis:
+        client = self._redis()
+        if self._clock() < self._down_until:
+            raise SentLogUnavailableError("sent-id store failed less than a second ago")
+        return client
+
+    def _failed(self, exc: BaseException) -> SentLogUnavailableError:
+        self._down_until = self._clock() + _HOLD_OFF
+        return SentLogUnavailableError(f"sent-id store: {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    # The class and redis-py's message (host and port at most); never the URL, which may
+    # carry a password.
+    return f"{type(exc).__name__}: {exc}"

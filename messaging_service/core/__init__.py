@@ -1,0 +1,1 @@
+"""The pure core: the request contract, values, decisions and rendering; no I/O."""

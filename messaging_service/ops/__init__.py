@@ -1,0 +1,1 @@
+"""Operator commands: send a request, render a template, list and replay dead letters."""

@@ -1,0 +1,508 @@
+"""One request from raw record to final outcome: parse, render, send, retry, dead-letter.
+
+The handler never sleeps: a transient failure returns ``RetryIn`` and the caller parks the
+delivery outside the worker pool, so a request waiting for its retry holds no worker. While
+the relay is down (the circuit is open) it returns ``Parked`` without spending an attempt:
+the caller holds the delivery until the circuit closes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from messaging_service.core.attachments import (
+    AttachmentPart,
+    AttachmentSource,
+    RemoteAttachment,
+    resolve,
+    total_size,
+)
+from messaging_service.core.contract import (
+    EmailRequest,
+    RequestLimits,
+    check_recipient_domains,
+    guess_request_id,
+    parse_request,
+)
+from messaging_service.core.mime import MessageBuilder
+from messaging_service.core.ports import AttachmentFetcher, DeadLetterSink, Sender, SentLog
+from messaging_service.core.retry import Backoff, RetryPolicy
+from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.throttle import is_throttling
+from messaging_service.core.values import (
+    NO_LABELS,
+    DeadLetter,
+    EmailLabels,
+    FailureReason,
+    InboundRecord,
+    Outcome,
+    OutgoingEmail,
+    RenderedEmail,
+    SendReport,
+)
+from messaging_service.errors import (
+    AttachmentError,
+    AttachmentUnavailableError,
+    DeadLetterUnavailableError,
+    InvalidPayloadError,
+    RecipientNotAllowedError,
+    SentLogUnavailableError,
+    ServiceError,
+    SmtpError,
+    SmtpRejectedError,
+    SmtpTransientError,
+    SmtpUnavailableError,
+    TemplateError,
+)
+from messaging_service.service.health import Health
+from messaging_service.service.ratelimit import SendRateLimiter
+from messaging_service.service.relay import Relay
+from messaging_service.telemetry.metrics import Metrics
+from messaging_service.telemetry.tracing import NO_TRACE, NO_TRACING, RequestTrace, Tracing
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class Unfetched:
+    """Rendered, but with attachment URLs still to fetch (I/O, so not in ``prepare``).
+
+    Fetched bytes replace their RemoteAttachment here, so a retry fetches only what is missing.
+    """
+
+    request: EmailRequest
+    rendered: RenderedEmail
+    attachments: list[AttachmentSource]
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """The state of one request across its attempts; owned by whoever holds it now."""
+
+    record: InboundRecord
+    email_id: str | None = None
+    email: OutgoingEmail | None = None
+    attempts: int = 0
+    dead_letter: DeadLetter | None = None
+    publish_failures: int = 0
+    unexpected_failures: int = 0
+    refusal: tuple[FailureReason, Exception] | None = None
+    """Why preparing it failed (it is dead-lettered by its next step), if it did."""
+    unfetched: Unfetched | None = None
+    labels: EmailLabels = NO_LABELS
+    """Template, locale, tags and metadata, once the request was read: logged with outcomes."""
+    trace: RequestTrace = NO_TRACE
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class RetryIn:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """The relay is down (circuit open): hold the delivery until it is back; no attempt spent."""
+
+
+Step = Finished | RetryIn | Parked
+
+
+class RequestHandler:
+    """Moves a Delivery one step forward. Only the Protocols reach the outside world."""
+
+    def __init__(
+        self,
+        *,
+        renderer: TemplateRenderer,
+        builder: MessageBuilder,
+        sender: Sender,
+        dead_letters: DeadLetterSink,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        health: Health,
+        relay: Relay | None = None,
+        limiter: SendRateLimiter | None = None,
+        sent_log: SentLog | None = None,
+        dead_letter_backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+        limits: RequestLimits | None = None,
+        allowed_domains: tuple[str, ...] = (),
+        fetcher: AttachmentFetcher | None = None,
+        tracing: Tracing = NO_TRACING,
+        dead_letter_topic: str = "email.requests.dlq",
+    ) -> None:
+        self._renderer = renderer
+        self._builder = builder
+        self._sender = sender
+        self._dead_letters = dead_letters
+        self._policy = policy
+        self._metrics = metrics
+        self._health = health
+        self._relay = relay if relay is not None else health.relay
+        self._limiter = limiter
+        self._sent_log = sent_log
+        self._backoff = dead_letter_backoff or Backoff()
+        self._clock = clock
+        self._limits = limits or RequestLimits()
+        self._allowed_domains = allowed_domains
+        self._fetcher = fetcher
+        self._tracing = tracing
+        self._dead_letter_topic = dead_letter_topic
+
+    def prepare(self, delivery: Delivery) -> None:
+        """Parse, check and render the request into wire bytes, once; no I/O, never awaits.
+
+        The pipeline calls this before a delivery waits for a worker, so a worker freed by
+        the relay's reply can send at once instead of rendering first. A request that cannot
+        be prepared keeps its reason, and its next step dead-letters it. Other exceptions
+        (bugs) propagate; the delivery stays unprepared and ``process`` tries again.
+        """
+        if delivery.email is not None or delivery.refusal is not None:
+            return
+        if delivery.unfetched is not None:
+            return
+        try:
+            with self._trace(delivery).active():
+                prepared = self._prepare(delivery)
+        except InvalidPayloadError as exc:
+            delivery.refusal = (FailureReason.INVALID_PAYLOAD, exc)
+        except RecipientNotAllowedError as exc:
+            delivery.refusal = (FailureReason.RECIPIENT_NOT_ALLOWED, exc)
+        except TemplateError as exc:
+            delivery.refusal = (FailureReason.TEMPLATE_ERROR, exc)
+        except AttachmentError as exc:
+            delivery.refusal = (FailureReason.ATTACHMENT_ERROR, exc)
+        else:
+            if isinstance(prepared, Unfetched):
+                delivery.unfetched = prepared
+            else:
+                delivery.email = prepared
+                delivery.labels = prepared.labels
+
+    async def process(self, delivery: Delivery) -> Step:
+        """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
+        with self._trace(delivery).active():
+            if delivery.dead_letter is not None:
+                return await self._publish(delivery)
+            if delivery.email is None and delivery.refusal is None and delivery.unfetched is None:
+                self.prepare(delivery)
+                structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
+            if delivery.refusal is not None:
+                reason, error = delivery.refusal
+                return await self._dead_letter(delivery, reason, error)
+            if delivery.unfetched is not None:
+                # A redelivered request that was sent already is not worth a download.
+                if delivery.email_id is not None and await self._already_sent(delivery.email_id):
+                    return self._duplicate(delivery)
+                step = await self._fetch(delivery, delivery.unfetched)
+                if step is not None:
+                    return step
+            assert delivery.email is not None
+            return await self._attempt(delivery, delivery.email)
+
+    def _trace(self, delivery: Delivery) -> RequestTrace:
+        """The request's spans, started on its first step (NO_TRACE when tracing is off)."""
+        if delivery.trace is NO_TRACE and self._tracing.enabled:
+            delivery.trace = self._tracing.request(delivery.record)
+        return delivery.trace
+
+    async def recover(self, delivery: Delivery, error: Exception) -> Step:
+        """Decide what to do after an exception nothing translated (a bug, by definition).
+
+        Such a request is treated as transient: it is retried on the normal schedule and then
+        dead-lettered, so it always reaches a final outcome and its offset is never stuck.
+        """
+        self._metrics.unexpected_errors.inc()
+        log.error("unexpected_error", exc_info=error, attempt=delivery.attempts)
+        if delivery.dead_letter is not None:
+            return await self._publish(delivery)
+        delivery.unexpected_failures += 1
+        delay = self._policy.delay_after(delivery.unexpected_failures)
+        if delay is not None:
+            return RetryIn(delay)
+        return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, error)
+
+    def _prepare(self, delivery: Delivery) -> OutgoingEmail | Unfetched:
+        value = delivery.record.value
+        try:
+            request = parse_request(value, self._limits)
+        except InvalidPayloadError:
+            # An oversized record is not parsed again just to find its id.
+            small = value is not None and len(value) <= self._limits.max_record_bytes
+            delivery.email_id = guess_request_id(value) if small else None
+            raise
+        delivery.email_id = request.id
+        delivery.labels = EmailLabels(
+            template=request.template, tags=tuple(request.tags), metadata=request.metadata
+        )
+        check_recipient_domains(request, self._allowed_domains)
+        if not request.attachments:
+            return self._builder.build(request, self._render(delivery, request))
+        limits = self._limits
+        attachments = resolve(
+            request.attachments,
+            max_bytes=limits.max_attachment_bytes,
+            url_hosts=limits.attachment_url_hosts,
+        )
+        rendered = self._render(delivery, request)
+        if rendered.html is None and any(part.content_id for part in attachments):
+            raise AttachmentError("an attachment with content_id (inline) needs an HTML body")
+        ready = [part for part in attachments if isinstance(part, AttachmentPart)]
+        if len(ready) < len(attachments):
+            return Unfetched(request, rendered, attachments)
+        return self._builder.build(request, rendered, ready)
+
+    def _render(self, delivery: Delivery, request: EmailRequest) -> RenderedEmail:
+        with delivery.trace.render():
+            return self._renderer.render(request)
+
+    async def _fetch(self, delivery: Delivery, unfetched: Unfetched) -> Step | None:
+        """Fetch the attachment URLs still missing, then build; a Step when that failed."""
+        parts = unfetched.attachments
+        for index, part in enumerate(parts):
+            if not isinstance(part, RemoteAttachment):
+                continue
+            budget = self._limits.max_attachment_bytes - total_size(parts)
+            try:
+                if self._fetcher is None:
+                    raise AttachmentError("attachment URLs are not fetched by this service")
+                parts[index] = part.with_data(await self._fetcher.fetch(part.url, max_bytes=budget))
+            except AttachmentError as exc:
+                error = AttachmentError(f"attachment {part.filename!r}: {exc}")
+                return await self._dead_letter(delivery, FailureReason.ATTACHMENT_ERROR, error)
+            except AttachmentUnavailableError as exc:
+                # An attempt at delivering it, like a send: the same schedule and the same cap.
+                delivery.attempts += 1
+                delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)
+                if delay is None:
+                    return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, exc)
+                self._metrics.retries.inc()
+                log.warning(
+                    "attachment_fetch_retry_scheduled",
+                    attempt=delivery.attempts,
+                    retry_in=delay,
+                    error=str(exc),
+                )
+                return RetryIn(delay)
+        complete = [part for part in parts if isinstance(part, AttachmentPart)]
+        delivery.email = self._builder.build(unfetched.request, unfetched.rendered, complete)
+        delivery.labels = delivery.email.labels
+        delivery.unfetched = None
+        return None
+
+    async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
+        if await self._already_sent(email.email_id):
+            return self._duplicate(delivery)
+        relay = self._relay
+        if relay.circuit_open:
+            log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
+            return Parked()
+        if self._limiter is not None:
+            # Should the circuit open while this waits, the send fails fast and is parked
+            # below without counting.
+            await self._limiter.acquire()
+        delivery.attempts += 1
+        started = time.perf_counter()
+        try:
+            report = await self._send(delivery, email)
+        except SmtpRejectedError as exc:
+            self._observe_attempt(started, "rejected")
+            self._relay_answered()
+            return await self._dead_letter(
+                delivery, FailureReason.SMTP_REJECTED, exc, code=exc.code
+            )
+        except SmtpUnavailableError as exc:
+            self._observe_attempt(started, "unavailable")
+            if relay.unreachable():
+                # An outage is nobody's fault: this attempt does not count.
+                delivery.attempts -= 1
+                log.warning("email_parked", reason="smtp_circuit_open", error=str(exc))
+                return Parked()
+            return await self._transient(delivery, exc)
+        except SmtpTransientError as exc:
+            self._observe_attempt(started, "transient")
+            if exc.code is None:
+                relay.unreachable(counts=False)
+            else:
+                self._relay_answered()
+                if is_throttling(exc.code):
+                    self._throttled(exc.code)
+            return await self._transient(delivery, exc)
+        self._observe_attempt(started, None)
+        self._relay_answered()
+        for refusal in report.refused:
+            self._metrics.recipients_refused.inc()
+            log.warning(
+                "recipient_refused",
+                recipient=refusal.recipient,
+                smtp_code=refusal.code,
+                smtp_message=refusal.message,
+            )
+        self._metrics.sent.inc()
+        self._finish(delivery, Outcome.SENT)
+        log.info(
+            "email_sent",
+            attempt=delivery.attempts,
+            recipients=len(email.recipients),
+            **email.labels.log_fields(),
+        )
+        # Still "right after the 250": nothing above yields to the event loop. Counting first
+        # keeps email_sent_total from lagging behind the relay by a store round trip.
+        await self._remember(email.email_id)
+        return Finished(Outcome.SENT)
+
+    async def _send(self, delivery: Delivery, email: OutgoingEmail) -> SendReport:
+        """One SMTP attempt, in a span of its own with the relay's reply code."""
+        with delivery.trace.attempt(delivery.attempts) as span:
+            try:
+                report = await self._sender.send(email)
+            except SmtpError as exc:
+                span.reply(exc.code, error=exc)
+                raise
+            except Exception as exc:
+                span.reply(None, error=exc)
+                raise
+            span.reply(250)
+            return report
+
+    def _duplicate(self, delivery: Delivery) -> Step:
+        self._metrics.duplicates_skipped.inc()
+        self._finish(delivery, Outcome.DUPLICATE)
+        log.info("email_duplicate_skipped", attempts=delivery.attempts)
+        return Finished(Outcome.DUPLICATE)
+
+    def _relay_answered(self) -> None:
+        self._relay.answered()
+
+    def _throttled(self, code: int) -> None:
+        self._metrics.throttled.inc()
+        if self._limiter is None:
+            return
+        rate = self._limiter.throttled()
+        if rate is not None:
+            log.warning("send_rate_reduced", smtp_code=code, rate_per_second=round(rate, 2))
+
+    async def _already_sent(self, email_id: str) -> bool:
+        """Whether the sent-id record has this id; fails open when the store cannot answer.
+
+        Holding mail back while the store is down would retry and then dead-letter every
+        request; sending it risks only the duplicates that the record exists to avoid.
+        """
+        if self._sent_log is None:
+            return False
+        try:
+            return await self._sent_log.seen(email_id)
+        except SentLogUnavailableError as exc:
+            self._metrics.dedup_unavailable.labels("seen").inc()
+            log.warning("dedup_unavailable", operation="seen", error=str(exc))
+            return False
+
+    async def _remember(self, email_id: str) -> None:
+        """Record a sent id. The relay already accepted the email: nothing here may undo that."""
+        if self._sent_log is None:
+            return
+        try:
+            await self._sent_log.record(email_id)
+        except Exception as exc:  # noqa: BLE001 - any failure here would turn a 250 into a resend
+            self._metrics.dedup_unavailable.labels("record").inc()
+            log.warning(
+                "dedup_unavailable",
+                operation="record",
+                error=str(exc) if isinstance(exc, SentLogUnavailableError) else _short(exc),
+            )
+
+    async def _transient(self, delivery: Delivery, exc: SmtpTransientError) -> Step:
+        delay = self._policy.next_delay(exc, attempts_made=delivery.attempts)
+        if delay is None:
+            return await self._dead_letter(
+                delivery, FailureReason.RETRIES_EXHAUSTED, exc, code=exc.code
+            )
+        self._metrics.retries.inc()
+        log.warning(
+            "email_retry_scheduled",
+            attempt=delivery.attempts,
+            retry_in=delay,
+            smtp_code=exc.code,
+            error=str(exc),
+        )
+        return RetryIn(delay)
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        reason: FailureReason,
+        error: Exception,
+        *,
+        code: int | None = None,
+    ) -> Step:
+        delivery.dead_letter = DeadLetter(
+            record=delivery.record,
+            reason=reason,
+            error=error,
+            attempts=delivery.attempts,
+            smtp_code=code,
+            email_id=delivery.email_id,
+        )
+        return await self._publish(delivery)
+
+    async def _publish(self, delivery: Delivery) -> Step:
+        letter = delivery.dead_letter
+        assert letter is not None
+        try:
+            with delivery.trace.publish(self._dead_letter_topic, what="dead_letter") as headers:
+                if headers:
+                    letter = dataclasses.replace(letter, trace_headers=tuple(headers))
+                await self._dead_letters.publish(letter)
+        except DeadLetterUnavailableError as exc:
+            delivery.publish_failures += 1
+            self._health.dead_letter_sink_ok = False
+            self._metrics.dead_letter_publish_failures.inc()
+            delay = self._backoff.delay(delivery.publish_failures)
+            log.error(
+                "dead_letter_publish_failed",
+                reason=letter.reason.value,
+                failures=delivery.publish_failures,
+                retry_in=delay,
+                error=str(exc),
+            )
+            return RetryIn(delay)
+        self._health.dead_letter_sink_ok = True
+        self._metrics.dead_letters.labels(letter.reason.value).inc()
+        self._finish(delivery, Outcome.DEAD_LETTERED)
+        log.warning(
+            "email_dead_lettered",
+            reason=letter.reason.value,
+            attempts=letter.attempts,
+            smtp_code=letter.smtp_code,
+            error=_short(letter.error),
+            error_type=type(letter.error).__name__,
+            **delivery.labels.log_fields(),
+        )
+        return Finished(Outcome.DEAD_LETTERED)
+
+    def _observe_attempt(self, started: float, error_kind: str | None) -> None:
+        self._metrics.send_duration.observe(time.perf_counter() - started)
+        if error_kind is not None:
+            self._metrics.send_errors.labels(error_kind).inc()
+
+    def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        delivery.trace.end(outcome)
+        timestamp_ms = delivery.record.timestamp_ms
+        if timestamp_ms is not None and timestamp_ms > 0:
+            elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)
+            self._metrics.end_to_end.labels(outcome.value).observe(elapsed)
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = str(error) if isinstance(error, ServiceError) else f"{type(error).__name__}: {error}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
