@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from messaging_service.runner import Point, Variant
+from .runner import Point, Variant
 
 ATTACHMENT_BYTES = 100 * 1024
 DKIM_DOMAIN = "shop.example.com"

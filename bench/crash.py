@@ -21,10 +21,11 @@ from aiokafka import TopicPartition
 
 from messaging_service.adapters.kafka_admin import admin_client
 from messaging_service.core.offsetmap import OffsetMap, decode
-from messaging_service.service import ServiceConfig, ServiceProcess, metric
-from messaging_service.sinks import DelaySink
-from messaging_service.workload import produce_backlog
 from support.kafka import create_topic
+
+from .service import ServiceConfig, ServiceProcess, metric
+from .sinks import DelaySink
+from .workload import produce_backlog
 
 MAP_DEFAULT = "3072"
 

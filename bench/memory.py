@@ -12,12 +12,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from messaging_service.meter import ProcessMeter
-from messaging_service.runner import Context
-from messaging_service.service import ServiceConfig, ServiceProcess, metric
-from messaging_service.sinks import SmtpSink
-from messaging_service.workload import produce_backlog
 from support.kafka import create_topic
+
+from .meter import ProcessMeter
+from .runner import Context
+from .service import ServiceConfig, ServiceProcess, metric
+from .sinks import SmtpSink
+from .workload import produce_backlog
 
 _SCRAPE_EVERY = 2.0
 _REPORT_EVERY = 10.0

@@ -22,7 +22,7 @@ from typing import Any
 import aiosmtplib
 import jinja2
 
-from messaging_service.content import SENDER, TEMPLATE, request
+from .content import SENDER, TEMPLATE, request
 
 # The service's own template files, so both send the very same content.
 TEMPLATES = Path(__file__).resolve().parent.parent / "messaging_service" / "templates"

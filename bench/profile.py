@@ -20,13 +20,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from messaging_service.meter import cpu_seconds
-from messaging_service.runner import Context
-from messaging_service.service import ServiceConfig, ServiceProcess, metric
-from messaging_service.sinks import SmtpSink
-from messaging_service.tools import REPO
-from messaging_service.workload import produce_backlog
 from support.kafka import create_topic
+
+from .meter import cpu_seconds
+from .runner import Context
+from .service import ServiceConfig, ServiceProcess, metric
+from .sinks import SmtpSink
+from .tools import REPO
+from .workload import produce_backlog
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from messaging_service.runner import Point, Target
-from messaging_service.tools import REPO
+from .runner import Point, Target
+from .tools import REPO
 
 CHART_NAME = "benchmark-throughput.png"
 JSON_NAME = "benchmark-results.json"

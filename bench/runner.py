@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from messaging_service.meter import ProcessMeter
-from messaging_service.service import ServiceConfig, ServiceProcess, metric
-from messaging_service.sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
-from messaging_service.tools import REPO
-from messaging_service.workload import produce_backlog, produce_paced
 from support.kafka import create_topic
+
+from .meter import ProcessMeter
+from .service import ServiceConfig, ServiceProcess, metric
+from .sinks import HOST, Acceptance, DelaySink, Sink, SmtpSink
+from .tools import REPO
+from .workload import produce_backlog, produce_paced
 
 Program = Literal["service", "plain"]
 TargetKind = Literal["latency", "zero"]

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from messaging_service.content import SENDER
-from messaging_service.sinks import HOST, free_port
-from support.kafka import KAFKA_TIMEOUTS
+from support.kafka import GROUP_TIMEOUTS, BrokerKind
+
+from .content import SENDER
+from .sinks import HOST, free_port
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
 
@@ -47,7 +48,10 @@ def environment(config: ServiceConfig, *, http_port: int) -> dict[str, str]:
             "KAFKA_TOPIC": config.topic,
             "KAFKA_DLQ_TOPIC": config.dlq_topic,
             "KAFKA_GROUP_ID": config.group,
-            **{f"KAFKA_{name.upper()}": str(value) for name, value in KAFKA_TIMEOUTS.items()},
+            **{
+                f"KAFKA_{name.upper()}": str(value)
+                for name, value in GROUP_TIMEOUTS[BrokerKind.TANSU].items()
+            },
             "SMTP_HOST": HOST,
             "SMTP_PORT": str(config.smtp_port),
             "EMAIL_FROM": SENDER,

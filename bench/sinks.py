@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from messaging_service.tools import REPO, ensure_smtp_sink, smtp_sink_environment
+from .tools import REPO, ensure_smtp_sink, smtp_sink_environment
 
 HOST = "127.0.0.1"
 _ID_HEADER = b"\nX-Email-Id: "

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from messaging_service.content import Payloads
+from .content import Payloads
 
 _BATCH_BYTES = 1 << 20
 _BATCHES_IN_FLIGHT = 64

@@ -15,11 +15,14 @@ from prometheus_client import CollectorRegistry
 
 from messaging_service.adapters.attachment_fetch import HttpsAttachmentFetcher
 from messaging_service.adapters.dead_letters import KafkaDeadLetterSink
+from messaging_service.adapters.event_sink import KafkaEventSink
 from messaging_service.adapters.kafka_consumer import KafkaRequestConsumer
 from messaging_service.adapters.redis_sentlog import RedisSentLog
+from messaging_service.adapters.redis_suppression import RedisSuppressionStore
 from messaging_service.adapters.sentlog import MemorySentLog
 from messaging_service.adapters.smtp import SmtpSender
 from messaging_service.config import DedupSettings, DkimSettings, Settings
+from messaging_service.core.addresses import parse_address
 from messaging_service.core.circuit import CircuitBreaker
 from messaging_service.core.contract import RequestLimits
 from messaging_service.core.dkim import DEFAULT_HEADERS, DkimSigner, load_private_key
@@ -27,6 +30,7 @@ from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.offsets import OffsetTracker
 from messaging_service.core.ports import SentLog
 from messaging_service.core.retry import RetryPolicy
+from messaging_service.core.suppression import MemorySuppressionStore, SuppressionStore
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import AdaptiveRate
 from messaging_service.core.watchdog import Watchdog
@@ -37,6 +41,8 @@ from messaging_service.service.pipeline import Pipeline, PipelineSettings
 from messaging_service.service.pool import WorkerPool
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
+from messaging_service.service.reporter import EventReporter
+from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.http import HttpServer, build_app
 from messaging_service.telemetry.metrics import LiveState, Metrics
 from messaging_service.telemetry.tracing import NO_TRACING, Tracing
@@ -114,7 +120,6 @@ async def run_service(
             allowed_domains=email.allowed_domains,
             sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
             tracing=tracing,
-            dead_letter_topic=settings.kafka.dlq_topic,
             fetcher=await stack.enter_async_context(
                 HttpsAttachmentFetcher(
                     hosts=email.attachment_url_hosts,
@@ -122,6 +127,9 @@ async def run_service(
                     timeout=email.attachment_fetch_timeout,
                 )
             ),
+            events=await _events(stack, settings, metrics, health),
+            suppressor=await _suppressor(stack, settings, metrics),
+            sender_domain=parse_address(email.sender, allow_special_use=True).domain,
         )
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
@@ -238,9 +246,17 @@ def _log_started(settings: Settings, http_port: int) -> None:
         dkim=None
         if settings.dkim.domain is None
         else f"{settings.dkim.selector}._domainkey.{settings.dkim.domain}",
+        events=settings.kafka.events_topic or "off",
+        suppression=_suppression_store_name(settings),
         http_port=http_port,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
+
+
+def _suppression_store_name(settings: Settings) -> str:
+    if not settings.email.suppression:
+        return "off"
+    return "memory" if settings.dedup.redis_url is None else "redis"
 
 
 @contextlib.asynccontextmanager
@@ -251,6 +267,33 @@ async def _sent_log(settings: DedupSettings) -> AsyncIterator[SentLog]:
         return
     async with RedisSentLog(settings) as store:
         yield store
+
+
+async def _events(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics, health: Health
+) -> EventReporter | None:
+    """Outcome events to KAFKA_EVENTS_TOPIC, or None when it is empty (events off)."""
+    if not settings.kafka.events_enabled:
+        return None
+    sink = await stack.enter_async_context(KafkaEventSink(settings.kafka))
+    return EventReporter(sink, metrics=metrics, health=health)
+
+
+async def _suppressor(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics
+) -> Suppressor | None:
+    """The suppression list (None with EMAIL_SUPPRESSION=off): Redis if configured, else memory."""
+    email = settings.email
+    if not email.suppression:
+        return None
+    store: SuppressionStore
+    if settings.dedup.redis_url is None:
+        store = MemorySuppressionStore(max_entries=email.suppression_max_entries)
+    else:
+        store = await stack.enter_async_context(
+            RedisSuppressionStore(settings.dedup, key_prefix=email.suppression_key_prefix)
+        )
+    return Suppressor(store, ttl=email.suppression_ttl, metrics=metrics)
 
 
 def _log_panic(error: BaseException) -> None:

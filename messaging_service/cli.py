@@ -25,6 +25,7 @@ from messaging_service.config import ConfigError, Settings, environment_items, l
 from messaging_service.errors import ServiceError
 from messaging_service.telemetry.logging import configure_logging
 from messaging_service.telemetry.tracing import (
+    Publish,
     Tracing,
     TracingConfigError,
     tracing_from_environment,
@@ -38,6 +39,7 @@ _LAZY_COMMANDS = {
     "send": "messaging_service.ops.commands:send",
     "render": "messaging_service.ops.commands:render",
     "dlq": "messaging_service.ops.commands:dlq",
+    "suppression": "messaging_service.ops.commands:suppression",
 }
 
 
@@ -85,7 +87,14 @@ def run() -> None:
     """
     settings = settings_or_exit()
     try:
-        tracing = tracing_from_environment(os.environ, group_id=settings.kafka.group_id)
+        tracing = tracing_from_environment(
+            os.environ,
+            group_id=settings.kafka.group_id,
+            topics={
+                Publish.DEAD_LETTER: settings.kafka.dlq_topic,
+                Publish.EVENT: settings.kafka.events_topic,
+            },
+        )
     except TracingConfigError as exc:
         click.echo(f"messaging-service: {exc}", err=True)
         sys.exit(2)

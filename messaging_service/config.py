@@ -79,6 +79,8 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = "localhost:9092"
     topic: str = Field(default="email.requests", min_length=1)
     dlq_topic: str = Field(default="email.requests.dlq", min_length=1)
+    # Outcome events (sent, deferred, failed, duplicate, suppressed); empty turns them off.
+    events_topic: str = "email.events"
     group_id: str = Field(default="messaging-service", min_length=1)
     auto_offset_reset: OffsetReset = OffsetReset.EARLIEST
     security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT
@@ -121,6 +123,15 @@ class KafkaSettings(BaseSettings):
     # them. It must stay within the broker's offset.metadata.max.bytes (4096 by default);
     # what does not fit is left out, lowest offsets kept (docs/operations.md).
     offset_map_max_bytes: int = Field(default=3072, ge=0, le=1_048_576)
+
+    @field_validator("events_topic")
+    @classmethod
+    def _events_topic_trimmed(cls, value: str) -> str:
+        return value.strip()
+
+    @property
+    def events_enabled(self) -> bool:
+        return bool(self.events_topic)
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -208,6 +219,13 @@ class EmailSettings(BaseSettings):
     attachment_url_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     attachment_ca_file: Path | None = None
     attachment_fetch_timeout: float = Field(default=10.0, gt=0)
+    # The suppression list: recipients the relay refused as non-existent (hard bounces at RCPT)
+    # are not mailed again for suppression_ttl seconds (0: until removed). Kept in the Redis of
+    # DEDUP_REDIS_URL when one is set (shared by every replica), else in memory (bounded).
+    suppression: bool = True
+    suppression_ttl: int = Field(default=30 * 86_400, ge=0)
+    suppression_max_entries: int = Field(default=100_000, ge=1)
+    suppression_key_prefix: str = Field(default="messaging-service:suppressed:", min_length=1)
 
     @field_validator("attachment_ca_file")
     @classmethod

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # models imports this module; the annotation alone needs the class
+    from messaging_service.core.values import RecipientRefusal
+
 
 class ServiceError(Exception):
     """Base of every error the service raises on purpose."""
@@ -39,12 +45,24 @@ class TemplateError(PermanentError):
 class SmtpError(ServiceError):
     """Base for failures reported by (or on the way to) the SMTP relay.
 
-    ``code`` is the SMTP reply code when a reply decided the failure, else ``None``.
+    ``code`` is the SMTP reply code when a reply decided the failure, else ``None``;
+    ``refusals`` holds each recipient's RCPT refusal when the relay refused them all, and
+    ``reply`` the text of the reply that decided it.
     """
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        refusals: Sequence[RecipientRefusal] = (),
+        reply: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.reply = reply
+        """The text of the relay's reply after the code (``5.1.1 no such user``), if any."""
+        self.refusals: tuple[RecipientRefusal, ...] = tuple(refusals)
 
 
 class SmtpTransientError(SmtpError, RetriableError):
@@ -81,3 +99,11 @@ def describe_error(exc: BaseException) -> str:
     if text.startswith(name):
         return text
     return f"{name}: {text}" if text else name
+
+
+class EventsUnavailableError(RetriableError):
+    """The outcome-events topic could not be written (broker down, timeout)."""
+
+
+class SuppressionUnavailableError(RetriableError):
+    """The suppression list could not be read or written (store down, timeout)."""

@@ -1,4 +1,4 @@
-"""Creating and inspecting topics with the Kafka admin client (dev mode and tests)."""
+"""Creating and inspecting topics with the Kafka admin client (dev mode, dlq commands, tests)."""
 
 from __future__ import annotations
 

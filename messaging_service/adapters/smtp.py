@@ -253,7 +253,7 @@ def _translate(exc: Exception) -> SmtpError:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         return _all_refused(exc.recipients)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _by_code(exc.code, f"SMTP relay replied {exc.code} {exc.message}")
+        return _by_code(exc.code, f"SMTP relay replied {exc.code} {exc.message}", exc.message)
     untrusted = _certificate_error(exc)
     if untrusted is not None:
         return SmtpTransientError(
@@ -279,11 +279,11 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
     return None
 
 
-def _by_code(code: int, text: str) -> SmtpError:
+def _by_code(code: int, text: str, reply: str | None = None) -> SmtpError:
     if 500 <= code < 600:
-        return SmtpRejectedError(text, code=code)
+        return SmtpRejectedError(text, code=code, reply=reply)
     if 400 <= code < 500:
-        return SmtpTransientError(text, code=code)
+        return SmtpTransientError(text, code=code, reply=reply)
     # A malformed or unexpected reply (aiosmtplib uses -1): nothing to decide by.
     return SmtpTransientError(text)
 
@@ -292,10 +292,14 @@ def _all_refused(refusals: list[aiosmtplib.SMTPRecipientRefused]) -> SmtpError:
     shown = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in refusals[:3])
     more = f"; and {len(refusals) - 3} more" if len(refusals) > 3 else ""
     text = f"SMTP relay refused every recipient: {shown}{more}"
+    each = [RecipientRefusal(r.recipient, r.code, r.message) for r in refusals]
     temporary = [r for r in refusals if not 500 <= r.code < 600]
     if temporary:  # one recipient may well be accepted on a later try
-        return _by_code(temporary[0].code, text)
-    return SmtpRejectedError(text, code=refusals[0].code)
+        error = _by_code(temporary[0].code, text, temporary[0].message)
+        error.refusals = tuple(each)
+        return error
+    first = refusals[0]
+    return SmtpRejectedError(text, code=first.code, refusals=each, reply=first.message)
 
 
 def _describe(exc: BaseException) -> str:

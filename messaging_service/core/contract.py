@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -69,8 +70,26 @@ def _address_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-EmailAddress = Annotated[Address, BeforeValidator(_address)]
-AddressList = Annotated[list[EmailAddress], BeforeValidator(_address_list)]
+# On the wire an address is a string; these give the published JSON Schema (docs/asyncapi.yaml,
+# generated from this model by scripts/generate-schemas) the wire shape, not Address's fields.
+_ADDRESS_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "description": 'A mailbox: "bob@example.com" or "Bob <bob@example.com>".',
+}
+EmailAddress = Annotated[
+    Address, BeforeValidator(_address), WithJsonSchema(_ADDRESS_SCHEMA, mode="validation")
+]
+AddressList = Annotated[
+    list[EmailAddress],
+    BeforeValidator(_address_list),
+    WithJsonSchema(
+        {
+            "anyOf": [_ADDRESS_SCHEMA, {"type": "array", "items": _ADDRESS_SCHEMA}],
+            "description": "One address, or a list of them.",
+        },
+        mode="validation",
+    ),
+]
 
 
 def _no_line_breaks(value: str | None, what: str) -> str | None:

@@ -14,6 +14,8 @@ class Outcome(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
     DUPLICATE = "duplicate"
     """Its id was already sent (a redelivery): finished without sending it again."""
+    SUPPRESSED = "suppressed"
+    """Every recipient is on the suppression list: finished without an SMTP attempt."""
 
 
 class FailureReason(enum.StrEnum):

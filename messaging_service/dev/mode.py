@@ -206,9 +206,14 @@ class _DevSession:
         try:
             await create_topic(self.bootstrap, kafka.topic, _REQUEST_PARTITIONS)
             await create_topic(self.bootstrap, kafka.dlq_topic, 1)
+            if kafka.events_enabled:
+                await create_topic(self.bootstrap, kafka.events_topic, 1)
         except (KafkaError, TimeoutError) as exc:
             raise ServiceError(f"cannot create the topics: {describe_error(exc)}") from exc
-        self.console.line(f"topics   {kafka.topic} ({_REQUEST_PARTITIONS}), {kafka.dlq_topic}")
+        events = f", {kafka.events_topic}" if kafka.events_enabled else ""
+        self.console.line(
+            f"topics   {kafka.topic} ({_REQUEST_PARTITIONS}), {kafka.dlq_topic}{events}"
+        )
 
     async def _exercise(
         self, settings: Settings, service: asyncio.Task[bool], mail: MailCatcher

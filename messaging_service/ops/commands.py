@@ -1,4 +1,4 @@
-"""The operator commands: ``send`` a request, ``render`` a template, ``dlq list`` and ``replay``."""
+"""Operator commands: ``send``, ``render``, ``dlq list|replay``, ``suppression list|add|remove``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ from messaging_service.ops.preview import (
 )
 from messaging_service.ops.replay import ReplayOptions, list_dead_letters, replay
 from messaging_service.ops.send import build_request, encode_request, new_request_id, publish_one
+from messaging_service.ops.suppression_admin import (
+    MemoryStoreError,
+    add_suppression,
+    describe_suppression,
+    list_suppressions,
+    remove_suppression,
+)
 
 T = TypeVar("T")
 
@@ -267,3 +274,54 @@ def _group(settings: Settings, group: str | None) -> str:
 
 def _where(published: Published) -> str:
     return f"topic={published.topic} partition={published.partition} offset={published.offset}"
+
+
+@click.group()
+def suppression() -> None:
+    """The suppression list shared in Redis (DEDUP_REDIS_URL): list, add or remove addresses.
+
+    Uses the same settings as `run`. With the in-memory list (no DEDUP_REDIS_URL) a separate
+    process cannot see it, so these commands exit 2.
+    """
+
+
+@suppression.command("list")
+def suppression_list() -> None:
+    """Print every suppressed address with its reason, code, reply and expiry."""
+    settings = settings_or_exit()
+    entries = _suppression_call(settings, list_suppressions(settings))
+    for entry in entries:
+        click.echo(describe_suppression(entry))
+    click.echo(f"{len(entries)} suppressed addresses")
+
+
+@suppression.command("add")
+@click.argument("address")
+@click.option("--reason", default="manual", show_default=True, help="Why it is suppressed.")
+def suppression_add(address: str, reason: str) -> None:
+    """Suppress ADDRESS (for EMAIL_SUPPRESSION_TTL seconds; 0: until removed)."""
+    settings = settings_or_exit()
+    try:
+        entry = _suppression_call(settings, add_suppression(settings, address, reason=reason))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    click.echo(f"suppressed {describe_suppression(entry)}")
+
+
+@suppression.command("remove")
+@click.argument("address")
+def suppression_remove(address: str) -> None:
+    """Take ADDRESS off the list, so it is mailed again. Exit 1 if it was not on it."""
+    settings = settings_or_exit()
+    if not _suppression_call(settings, remove_suppression(settings, address)):
+        raise CommandFailed(f"{address} is not on the suppression list")
+    click.echo(f"removed {address} from the suppression list")
+
+
+def _suppression_call(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(work)
+    except MemoryStoreError as exc:
+        raise BadInput(str(exc)) from exc
+    except ServiceError as exc:
+        raise CommandFailed(str(exc)) from exc

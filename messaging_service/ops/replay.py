@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from messaging_service.adapters.kafka_admin import topic_partitions
 from messaging_service.adapters.kafka_options import kafka_client_options
 from messaging_service.adapters.kafka_producer import Published, Publisher
 from messaging_service.config import KafkaSettings
@@ -31,6 +32,7 @@ from messaging_service.ops.deadletters import (
 )
 
 _FETCH_WAIT_MS = 200
+_RETRY_BACKOFF_S = 0.1
 
 
 class ReplayError(ServiceError):
@@ -141,9 +143,7 @@ async def _committed(
             await admin.start()
             committed: dict[str, dict[int, int | None]] = {}
             for bucket in BUCKETS:
-                answer = await admin.list_consumer_group_offsets(
-                    replay_group(group, bucket), partitions=tps
-                )
+                answer = await _group_offsets(admin, replay_group(group, bucket), tps)
                 committed[bucket] = {
                     tp.partition: (meta.offset if meta.offset >= 0 else None)
                     for tp, meta in answer.items()
@@ -157,10 +157,52 @@ async def _committed(
     return committed
 
 
+async def _group_offsets(
+    admin: AIOKafkaAdminClient, group: str, tps: list[aiokafka.TopicPartition]
+) -> dict[aiokafka.TopicPartition, Any]:
+    """The group's committed offsets, asked again while the answer is a retriable error.
+
+    A new Apache Kafka answers "coordinator not available" until its offsets topic exists;
+    the caller's timeout bounds the retries.
+    """
+    while True:
+        try:
+            answer: dict[aiokafka.TopicPartition, Any] = await admin.list_consumer_group_offsets(
+                group, partitions=tps
+            )
+            return answer
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+        await asyncio.sleep(_RETRY_BACKOFF_S)
+
+
+async def _partitions(settings: KafkaSettings) -> list[int]:
+    """The dead-letter topic's partitions, asked of the cluster; ReplayError if it is missing.
+
+    Not read from the reader's metadata: Apache Kafka tells a client only about the topics it
+    names, and a consumer that subscribed to nothing names none. Every topic is listed, as
+    naming an unknown one would make Tansu create it.
+    """
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings))
+    try:
+        await admin.start()
+        partitions = await topic_partitions(admin, settings.dlq_topic)
+    finally:
+        await admin.close()
+    if partitions is None:
+        raise ReplayError(
+            f"the dead-letter topic {settings.dlq_topic!r} does not exist "
+            "(or a partition has no leader)"
+        )
+    return partitions
+
+
 class _Reader:
     """Reads every partition of the dead-letter topic up to the high watermark."""
 
     def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
         self._topic = settings.dlq_topic
         self._timeout = settings.request_timeout_ms / 1000
         self._consumer = AIOKafkaConsumer(
@@ -175,16 +217,13 @@ class _Reader:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._consumer.start()
-                # Listing all topics: naming an unknown one would make Tansu create it.
-                if self._topic not in await self._consumer.topics():
-                    raise ReplayError(f"the dead-letter topic {self._topic!r} does not exist")
+                self.partitions = await _partitions(self._settings)
         except (KafkaError, TimeoutError) as exc:
             await self._consumer.stop()
             raise ReplayError(f"cannot read {self._topic}: {describe_error(exc)}") from exc
         except BaseException:
             await self._consumer.stop()
             raise
-        self.partitions = sorted(self._consumer.partitions_for_topic(self._topic) or ())
         self._consumer.assign([self._tp(p) for p in self.partitions])
         return self
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -29,9 +29,19 @@ from messaging_service.core.contract import (
     guess_request_id,
     parse_request,
 )
+from messaging_service.core.events import (
+    EventType,
+    OutcomeEvent,
+    RecipientResult,
+    RecipientStatus,
+    outcome_event,
+    recipient_results,
+    request_facts,
+)
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.ports import AttachmentFetcher, DeadLetterSink, Sender, SentLog
 from messaging_service.core.retry import Backoff, RetryPolicy
+from messaging_service.core.suppression import normalise_address
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import is_throttling
 from messaging_service.core.values import (
@@ -42,6 +52,7 @@ from messaging_service.core.values import (
     InboundRecord,
     Outcome,
     OutgoingEmail,
+    RecipientRefusal,
     RenderedEmail,
     SendReport,
 )
@@ -62,8 +73,16 @@ from messaging_service.errors import (
 from messaging_service.service.health import Health
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
+from messaging_service.service.reporter import EventReporter
+from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.metrics import Metrics
-from messaging_service.telemetry.tracing import NO_TRACE, NO_TRACING, RequestTrace, Tracing
+from messaging_service.telemetry.tracing import (
+    NO_TRACE,
+    NO_TRACING,
+    Publish,
+    RequestTrace,
+    Tracing,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +115,13 @@ class Delivery:
     unfetched: Unfetched | None = None
     labels: EmailLabels = NO_LABELS
     """Template, locale, tags and metadata, once the request was read: logged with outcomes."""
+    request: EmailRequest | None = None
+    suppressed: frozenset[str] = frozenset()
+    """Recipients dropped from the last attempt because they are on the suppression list."""
+    final_event: OutcomeEvent | None = None
+    """Its outcome is decided; it is finished once the broker acknowledged this event."""
+    outcome: Outcome | None = None
+    event_failures: int = 0
     trace: RequestTrace = NO_TRACE
 
 
@@ -138,8 +164,10 @@ class RequestHandler:
         limits: RequestLimits | None = None,
         allowed_domains: tuple[str, ...] = (),
         fetcher: AttachmentFetcher | None = None,
+        events: EventReporter | None = None,
+        suppressor: Suppressor | None = None,
+        sender_domain: str = "localhost",
         tracing: Tracing = NO_TRACING,
-        dead_letter_topic: str = "email.requests.dlq",
     ) -> None:
         self._renderer = renderer
         self._builder = builder
@@ -156,8 +184,10 @@ class RequestHandler:
         self._limits = limits or RequestLimits()
         self._allowed_domains = allowed_domains
         self._fetcher = fetcher
+        self._events = events
+        self._suppressor = suppressor
+        self._sender_domain = sender_domain
         self._tracing = tracing
-        self._dead_letter_topic = dead_letter_topic
 
     def prepare(self, delivery: Delivery) -> None:
         """Parse, check and render the request into wire bytes, once; no I/O, never awaits.
@@ -190,8 +220,10 @@ class RequestHandler:
                 delivery.labels = prepared.labels
 
     async def process(self, delivery: Delivery) -> Step:
-        """Run the next step: first attempt, a retry, or a dead-letter publish that failed."""
+        """Run the next step: first attempt, a retry, or a dead-letter or event publish."""
         with self._trace(delivery).active():
+            if delivery.final_event is not None:
+                return await self._report(delivery)
             if delivery.dead_letter is not None:
                 return await self._publish(delivery)
             if delivery.email is None and delivery.refusal is None and delivery.unfetched is None:
@@ -203,7 +235,7 @@ class RequestHandler:
             if delivery.unfetched is not None:
                 # A redelivered request that was sent already is not worth a download.
                 if delivery.email_id is not None and await self._already_sent(delivery.email_id):
-                    return self._duplicate(delivery)
+                    return await self._duplicate(delivery)
                 step = await self._fetch(delivery, delivery.unfetched)
                 if step is not None:
                     return step
@@ -224,6 +256,8 @@ class RequestHandler:
         """
         self._metrics.unexpected_errors.inc()
         log.error("unexpected_error", exc_info=error, attempt=delivery.attempts)
+        if delivery.final_event is not None:
+            return await self._report(delivery)
         if delivery.dead_letter is not None:
             return await self._publish(delivery)
         delivery.unexpected_failures += 1
@@ -245,6 +279,7 @@ class RequestHandler:
         delivery.labels = EmailLabels(
             template=request.template, tags=tuple(request.tags), metadata=request.metadata
         )
+        delivery.request = request  # for the outcome events
         check_recipient_domains(request, self._allowed_domains)
         if not request.attachments:
             return self._builder.build(request, self._render(delivery, request))
@@ -302,7 +337,15 @@ class RequestHandler:
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
         if await self._already_sent(email.email_id):
-            return self._duplicate(delivery)
+            return await self._duplicate(delivery)
+        remaining = await self._without_suppressed(delivery, email)
+        if remaining is None:
+            self._metrics.suppressed.inc()
+            log.info("email_suppressed", recipients=len(delivery.suppressed))
+            return await self._conclude(
+                delivery, Outcome.SUPPRESSED, self._recipients(delivery, RecipientStatus.SUPPRESSED)
+            )
+        email = remaining
         relay = self._relay
         if relay.circuit_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
@@ -318,6 +361,7 @@ class RequestHandler:
         except SmtpRejectedError as exc:
             self._observe_attempt(started, "rejected")
             self._relay_answered()
+            await self._hard_bounced(exc.refusals)
             return await self._dead_letter(
                 delivery, FailureReason.SMTP_REJECTED, exc, code=exc.code
             )
@@ -331,6 +375,7 @@ class RequestHandler:
             return await self._transient(delivery, exc)
         except SmtpTransientError as exc:
             self._observe_attempt(started, "transient")
+            await self._hard_bounced(exc.refusals)
             if exc.code is None:
                 relay.unreachable(counts=False)
             else:
@@ -349,7 +394,6 @@ class RequestHandler:
                 smtp_message=refusal.message,
             )
         self._metrics.sent.inc()
-        self._finish(delivery, Outcome.SENT)
         log.info(
             "email_sent",
             attempt=delivery.attempts,
@@ -359,7 +403,12 @@ class RequestHandler:
         # Still "right after the 250": nothing above yields to the event loop. Counting first
         # keeps email_sent_total from lagging behind the relay by a store round trip.
         await self._remember(email.email_id)
-        return Finished(Outcome.SENT)
+        await self._hard_bounced(report.refused)
+        return await self._conclude(
+            delivery,
+            Outcome.SENT,
+            self._recipients(delivery, RecipientStatus.ACCEPTED, report.refused),
+        )
 
     async def _send(self, delivery: Delivery, email: OutgoingEmail) -> SendReport:
         """One SMTP attempt, in a span of its own with the relay's reply code."""
@@ -375,11 +424,12 @@ class RequestHandler:
             span.reply(250)
             return report
 
-    def _duplicate(self, delivery: Delivery) -> Step:
+    async def _duplicate(self, delivery: Delivery) -> Step:
         self._metrics.duplicates_skipped.inc()
-        self._finish(delivery, Outcome.DUPLICATE)
         log.info("email_duplicate_skipped", attempts=delivery.attempts)
-        return Finished(Outcome.DUPLICATE)
+        return await self._conclude(
+            delivery, Outcome.DUPLICATE, self._recipients(delivery, RecipientStatus.NOT_SENT)
+        )
 
     def _relay_answered(self) -> None:
         self._relay.answered()
@@ -435,6 +485,13 @@ class RequestHandler:
             smtp_code=exc.code,
             error=str(exc),
         )
+        if self._events is not None:
+            recipients = self._recipients(delivery, RecipientStatus.DEFERRED, exc.refusals)
+            event = self._event(delivery, EventType.DEFERRED, recipients, error=exc)
+            with delivery.trace.publish(Publish.EVENT) as headers:
+                await self._events.deferred(
+                    dataclasses.replace(event, retry_in=delay, trace_headers=tuple(headers))
+                )
         return RetryIn(delay)
 
     async def _dead_letter(
@@ -459,7 +516,7 @@ class RequestHandler:
         letter = delivery.dead_letter
         assert letter is not None
         try:
-            with delivery.trace.publish(self._dead_letter_topic, what="dead_letter") as headers:
+            with delivery.trace.publish(Publish.DEAD_LETTER) as headers:
                 if headers:
                     letter = dataclasses.replace(letter, trace_headers=tuple(headers))
                 await self._dead_letters.publish(letter)
@@ -478,7 +535,6 @@ class RequestHandler:
             return RetryIn(delay)
         self._health.dead_letter_sink_ok = True
         self._metrics.dead_letters.labels(letter.reason.value).inc()
-        self._finish(delivery, Outcome.DEAD_LETTERED)
         log.warning(
             "email_dead_lettered",
             reason=letter.reason.value,
@@ -488,7 +544,100 @@ class RequestHandler:
             error_type=type(letter.error).__name__,
             **delivery.labels.log_fields(),
         )
-        return Finished(Outcome.DEAD_LETTERED)
+        refusals = letter.error.refusals if isinstance(letter.error, SmtpError) else ()
+        return await self._conclude(
+            delivery,
+            Outcome.DEAD_LETTERED,
+            self._recipients(delivery, RecipientStatus.FAILED, refusals),
+        )
+
+    # Outcome events and the suppression list
+
+    async def _conclude(
+        self, delivery: Delivery, outcome: Outcome, recipients: list[RecipientResult]
+    ) -> Step:
+        """The outcome is decided: publish its final event (if events are on), then finish."""
+        if self._events is None:
+            return self._finished(delivery, outcome)
+        delivery.outcome = outcome
+        delivery.final_event = self._event(delivery, _EVENT_TYPES[outcome], recipients)
+        return await self._report(delivery)
+
+    async def _report(self, delivery: Delivery) -> Step:
+        event, outcome = delivery.final_event, delivery.outcome
+        assert event is not None
+        assert outcome is not None
+        assert self._events is not None
+        with delivery.trace.publish(Publish.EVENT) as headers:
+            if headers:
+                event = dataclasses.replace(event, trace_headers=tuple(headers))
+            delay = await self._events.final(event, failures=delivery.event_failures)
+        if delay is not None:
+            delivery.event_failures += 1
+            return RetryIn(delay)
+        return self._finished(delivery, outcome)
+
+    def _finished(self, delivery: Delivery, outcome: Outcome) -> Step:
+        self._finish(delivery, outcome)
+        return Finished(outcome)
+
+    def _event(
+        self,
+        delivery: Delivery,
+        type_: EventType,
+        recipients: list[RecipientResult],
+        *,
+        error: Exception | None = None,
+    ) -> OutcomeEvent:
+        letter = delivery.dead_letter
+        return outcome_event(
+            type_,
+            record=delivery.record,
+            facts=request_facts(
+                delivery.request,
+                delivery.labels,
+                request_id=delivery.email_id,
+                domain=self._sender_domain,
+            ),
+            time=self._clock(),
+            attempt=delivery.attempts,
+            recipients=recipients,
+            error=error if error is not None or letter is None else letter.error,
+            failure=None if letter is None else letter.reason.value,
+        )
+
+    def _recipients(
+        self,
+        delivery: Delivery,
+        status: RecipientStatus,
+        refusals: Sequence[RecipientRefusal] = (),
+    ) -> list[RecipientResult]:
+        request = delivery.request
+        return recipient_results(
+            () if request is None else request.envelope_recipients,
+            status=status,
+            suppressed=delivery.suppressed,
+            refusals=refusals,
+        )
+
+    async def _without_suppressed(
+        self, delivery: Delivery, email: OutgoingEmail
+    ) -> OutgoingEmail | None:
+        """``email`` without its suppressed recipients; None when every one is suppressed."""
+        if self._suppressor is None:
+            return email
+        found = await self._suppressor.suppressed(email.recipients)
+        delivery.suppressed = frozenset(normalise_address(address) for address in found)
+        if not found:
+            return email
+        remaining = [address for address in email.recipients if address not in found]
+        if not remaining:
+            return None
+        return dataclasses.replace(email, recipients=remaining)
+
+    async def _hard_bounced(self, refusals: Sequence[RecipientRefusal]) -> None:
+        if self._suppressor is not None and refusals:
+            await self._suppressor.hard_bounced(refusals)
 
     def _observe_attempt(self, started: float, error_kind: str | None) -> None:
         self._metrics.send_duration.observe(time.perf_counter() - started)
@@ -501,6 +650,14 @@ class RequestHandler:
         if timestamp_ms is not None and timestamp_ms > 0:
             elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)
             self._metrics.end_to_end.labels(outcome.value).observe(elapsed)
+
+
+_EVENT_TYPES = {
+    Outcome.SENT: EventType.SENT,
+    Outcome.DEAD_LETTERED: EventType.FAILED,
+    Outcome.DUPLICATE: EventType.DUPLICATE,
+    Outcome.SUPPRESSED: EventType.SUPPRESSED,
+}
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

@@ -3,7 +3,7 @@
 A ``Request`` moves through explicit stages::
 
     ADMITTED ──prepare──> PREPARED ──worker──> SENDING ──> FINISHED  (sent, dead-lettered,
-        │                   ^   ^                │  │                  duplicate)
+        │                   ^   ^                │  │                  duplicate, suppressed)
         └──────worker───────┼───┼────────────────┘  ├──> WAITING_RETRY ──timer──> PREPARED
                             │   └───circuit closes──┴──> PARKED
     any stage but FINISHED ──partition revoked or reset──> RELEASED (the new owner reads it)
@@ -56,11 +56,11 @@ class Stage(enum.Enum):
     SENDING = "sending"
     """A worker runs its next step: a send, a retry or a dead-letter publish."""
     WAITING_RETRY = "waiting_retry"
-    """Holds no worker; a timer hands it back."""
+    """Holds no worker; a timer hands it back (a retry, or a dead letter or event to publish)."""
     PARKED = "parked"
     """The relay is down; it is handed back when the circuit closes. No attempt spent."""
     FINISHED = "finished"
-    """Its outcome is final; its offset may be committed."""
+    """Its outcome is final (its dead letter and final event acknowledged); committable."""
     RELEASED = "released"
     """Its partition was revoked or reset: whoever owns it now reads the record again."""
 

@@ -99,6 +99,38 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.events_published = Counter(
+            _PREFIX + "events_published",
+            "Outcome events the broker acknowledged on KAFKA_EVENTS_TOPIC, by type.",
+            ["type"],
+            registry=registry,
+        )
+        self.event_publish_failures = Counter(
+            _PREFIX + "event_publish_failures",
+            "Attempts to write the events topic that failed (final events are retried).",
+            registry=registry,
+        )
+        self.suppressed = Counter(
+            _PREFIX + "suppressed",
+            "Requests finished without an SMTP attempt: every recipient was suppressed.",
+            registry=registry,
+        )
+        self.recipients_suppressed = Counter(
+            _PREFIX + "recipients_suppressed",
+            "Recipients dropped before sending because they are on the suppression list.",
+            registry=registry,
+        )
+        self.suppressions_added = Counter(
+            _PREFIX + "suppressions_added",
+            "Addresses put on the suppression list after a hard bounce at RCPT.",
+            registry=registry,
+        )
+        self.suppression_unavailable = Counter(
+            _PREFIX + "suppression_unavailable",
+            "Suppression-list operations that failed (check or add); sending went on regardless.",
+            ["operation"],
+            registry=registry,
+        )
         self.commits = Counter(
             _PREFIX + "offset_commits", "Successful offset commits.", registry=registry
         )

@@ -1,16 +1,17 @@
-"""OpenTelemetry spans for each request (the optional ``otel`` extra); see ``tracing.py``.
+"""OpenTelemetry spans for each request (the optional ``otel`` extra); see ``tracing``.
 
 Each request gets a ``process <topic>`` span of kind CONSUMER, parented by the record's W3C
 ``traceparent`` header when it has one, with the messaging semantic-convention attributes;
 its children are the rendering, every SMTP attempt (with the reply code) and every publish of
-a record, which carries the trace context on. The aiokafka instrumentation would end its span
-before the request is processed, so the service owns its spans. The provider is the service's
-own (the global one is left alone) and is shut down, exporting what it buffered, on close.
+a dead letter or an outcome event, whose record carries the trace context on. The aiokafka
+instrumentation would end its span before the request is processed, so the service owns its
+spans. The provider is the service's own (the global one is left alone) and is shut down,
+exporting what it buffered, on close.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -27,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from messaging_service.core.values import InboundRecord, Outcome
-from messaging_service.telemetry.tracing import Attempt, Header
+from messaging_service.telemetry.tracing import Attempt, Header, Publish
 
 SERVICE_NAME = "messaging-service"
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -77,8 +78,16 @@ class _Attempt:
 class OtelRequestTrace:
     """The spans of one request; the ``process`` span lives from admission to its outcome."""
 
-    def __init__(self, tracer: trace.Tracer, record: InboundRecord, *, group_id: str) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        record: InboundRecord,
+        *,
+        group_id: str,
+        topics: Mapping[Publish, str],
+    ) -> None:
         self._tracer = tracer
+        self._topics = topics
         carrier = {
             name: value.decode("latin-1")
             for name, value in record.headers
@@ -122,7 +131,8 @@ class OtelRequestTrace:
             yield _Attempt(span)
 
     @contextmanager
-    def publish(self, topic: str, *, what: str) -> Iterator[Sequence[Header]]:
+    def publish(self, what: Publish) -> Iterator[Sequence[Header]]:
+        topic = self._topics[what]
         with self._tracer.start_as_current_span(
             f"send {topic}",
             context=self._context,
@@ -132,7 +142,7 @@ class OtelRequestTrace:
                 "messaging.operation.type": "send",
                 "messaging.operation.name": "send",
                 "messaging.destination.name": topic,
-                "messaging.record.kind": what,
+                "email.record": what.value,
             },
         ):
             carrier: dict[str, str] = {}
@@ -155,6 +165,7 @@ class OtelTracing:
         self,
         *,
         group_id: str,
+        topics: Mapping[Publish, str],
         exporter: SpanExporter | None = None,
         processor: SpanProcessor | None = None,
     ) -> None:
@@ -166,10 +177,11 @@ class OtelTracing:
         self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer("messaging_service")
         self._group_id = group_id
+        self._topics = dict(topics)
         self._closed = False
 
     def request(self, record: InboundRecord) -> OtelRequestTrace:
-        return OtelRequestTrace(self._tracer, record, group_id=self._group_id)
+        return OtelRequestTrace(self._tracer, record, group_id=self._group_id, topics=self._topics)
 
     def log_processors(self) -> Sequence[structlog.types.Processor]:
         return (add_trace_ids,)

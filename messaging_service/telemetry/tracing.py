@@ -9,6 +9,7 @@ handler's hooks cost a method call each and nothing else.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
@@ -22,6 +23,13 @@ Header = tuple[str, bytes]
 # Exporters the otel extra ships; OTEL_TRACES_EXPORTER may name one of these, or "none".
 EXPORTERS = ("otlp", "console")
 _NO_HEADERS: tuple[Header, ...] = ()
+
+
+class Publish(enum.Enum):
+    """What the service publishes; each goes to its topic (KafkaSettings), in a span of its own."""
+
+    DEAD_LETTER = "dead_letter"
+    EVENT = "event"
 
 
 class TracingConfigError(ValueError):
@@ -45,7 +53,7 @@ class RequestTrace(Protocol):
 
     def attempt(self, number: int) -> AbstractContextManager[Attempt]: ...
 
-    def publish(self, topic: str, *, what: str) -> AbstractContextManager[Sequence[Header]]:
+    def publish(self, what: Publish) -> AbstractContextManager[Sequence[Header]]:
         """A span around publishing a record; yields the trace-context headers to add."""
         ...
 
@@ -85,7 +93,7 @@ class _NoTrace:
     def attempt(self, number: int) -> AbstractContextManager[Attempt]:
         return self._attempt
 
-    def publish(self, topic: str, *, what: str) -> AbstractContextManager[Sequence[Header]]:
+    def publish(self, what: Publish) -> AbstractContextManager[Sequence[Header]]:
         return self._headers
 
     def end(self, outcome: Outcome) -> None:
@@ -140,7 +148,9 @@ def wanted_exporter(environ: Mapping[str, str]) -> str | None:
     return exporter
 
 
-def tracing_from_environment(environ: Mapping[str, str], *, group_id: str) -> Tracing:
+def tracing_from_environment(
+    environ: Mapping[str, str], *, group_id: str, topics: Mapping[Publish, str]
+) -> Tracing:
     """NO_TRACING unless the variables ask for traces; raises TracingConfigError if unusable."""
     exporter = wanted_exporter(environ)
     if exporter is None:
@@ -152,4 +162,4 @@ def tracing_from_environment(environ: Mapping[str, str], *, group_id: str) -> Tr
             "OpenTelemetry tracing is configured (OTEL_* variables) but the optional 'otel' "
             f"extra is not installed ({exc.name}): pip install 'messaging-service[otel]'"
         ) from exc
-    return OtelTracing(group_id=group_id, exporter=exporter_named(exporter))
+    return OtelTracing(group_id=group_id, topics=topics, exporter=exporter_named(exporter))

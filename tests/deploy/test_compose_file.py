@@ -151,6 +151,7 @@ def test_init_job_creates_the_service_topics_with_several_partitions(
     assert set(match.group(1).split()) == {
         environment["KAFKA_TOPIC"],
         environment["KAFKA_DLQ_TOPIC"],
+        environment["KAFKA_EVENTS_TOPIC"],
     }
     partitions = re.search(r"--partitions (\d+)", script)
     assert partitions

@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from support.kafka import (
+    ApacheKafkaBroker,
     Broker,
     EmbeddedBroker,
     Topics,
@@ -103,9 +104,12 @@ def image() -> str:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else an embedded Tansu for this module."""
-    selected = select_broker(log_dir=tmp_path_factory.mktemp("tansu"))
-    if not isinstance(selected, EmbeddedBroker):
+    """The broker the environment asks for (as the integration tests' one), for this module."""
+    selected = select_broker(
+        log_dir=tmp_path_factory.mktemp("tansu"),
+        kafka_state_dir=tmp_path_factory.mktemp("kafka"),
+    )
+    if not isinstance(selected, (EmbeddedBroker, ApacheKafkaBroker)):
         yield selected
         return
     with selected:
@@ -176,7 +180,7 @@ async def container(
 ) -> AsyncIterator[Container]:
     """The service's container, started hardened; removed afterwards."""
     http_port = free_port()
-    settings = settings_for(broker.bootstrap, topics, relay.port, shutdown_timeout=30)
+    settings = settings_for(broker, topics, relay.port, shutdown_timeout=30)
     name = f"messaging-service-test-{uuid.uuid4().hex[:10]}"
     started = await podman(
         "run",
@@ -279,7 +283,7 @@ async def test_the_image_built_with_otel_exports_traces(
     traced = build_image(f"{TAG}-otel", WITH_OTEL="true")
 
     async with OtlpReceiver() as receiver:
-        settings = settings_for(broker.bootstrap, topics, relay.port)
+        settings = settings_for(broker, topics, relay.port)
         http_port = free_port()
         environment = environment_for(settings, http_port=http_port)
         name = f"messaging-service-test-{uuid.uuid4().hex[:10]}"

@@ -8,26 +8,19 @@ from __future__ import annotations
 import collections
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.kafka import EmbeddedBroker, Topics, create_topic, produce, unique
+from support.kafka import RestartableBroker, Topics, create_topic, produce, unique
 from support.service import ServiceProcess, request_payload, settings_for
 from support.smtp_server import SmtpTestServer
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(log_dir=tmp_path / "tansu") as broker:
-        yield broker
-
-
 async def test_sigterm_with_the_broker_gone_ends_in_time_and_exits_non_zero(
-    own_broker: EmbeddedBroker,
+    own_broker: RestartableBroker,
     relay: SmtpTestServer,
     processes: list[ServiceProcess],
     tmp_path: Path,
@@ -41,7 +34,7 @@ async def test_sigterm_with_the_broker_gone_ends_in_time_and_exits_non_zero(
     ids = [f"gone-{i}" for i in range(12)]
     await produce(own_broker.bootstrap, topics.requests, [request_payload(i) for i in ids])
     settings = settings_for(
-        own_broker.bootstrap,
+        own_broker,
         topics,
         relay.port,
         shutdown_timeout=5,

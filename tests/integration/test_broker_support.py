@@ -6,20 +6,28 @@ import socket
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import TopicAlreadyExistsError
 
+from support.apache_kafka import KAFKA_HOME_ENV, kafka_home
 from support.kafka import (
     BOOTSTRAP_ENV,
-    KAFKA_TIMEOUTS,
+    BROKER_ENV,
+    GROUP_TIMEOUTS,
+    ApacheKafkaBroker,
     Broker,
+    BrokerKind,
     BrokerStartError,
     EmbeddedBroker,
     ExternalBroker,
     Record,
+    RestartableBroker,
     Topics,
+    broker_kind,
     committed_offsets,
     create_topic,
+    group_timeouts,
+    partitions_of,
     produce,
     read_all,
     select_broker,
@@ -80,17 +88,27 @@ async def test_read_all_fails_when_fewer_records_than_expected_arrive(
 
 
 async def test_create_topic_makes_every_partition_visible(broker: Broker) -> None:
+    """Right after it returns, a client asking for the topic sees each partition's leader.
+
+    Asked with a producer: a consumer's metadata lists only the topics it was told about
+    (on Apache Kafka none at all, so ``partitions_for_topic()`` would say None).
+    """
     name = unique("created")
 
     await create_topic(broker.bootstrap, name, partitions=3)
 
     consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await consumer.start()
+    await producer.start()
     try:
         assert name in await consumer.topics()
-        assert consumer.partitions_for_topic(name) == {0, 1, 2}
+        assert await producer.partitions_for(name) == {0, 1, 2}
+        assert producer.client.cluster.available_partitions_for_topic(name) == {0, 1, 2}
     finally:
+        await producer.stop()
         await consumer.stop()
+    assert await partitions_of(broker.bootstrap, name) == [0, 1, 2]
 
 
 async def test_create_topic_refuses_an_existing_name(broker: Broker, topics: Topics) -> None:
@@ -114,7 +132,7 @@ async def test_committed_offsets_are_none_until_a_group_member_commits(
         group_id=topics.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **KAFKA_TIMEOUTS,
+        **group_timeouts(broker),
     )
     await member.start()
     try:
@@ -154,31 +172,129 @@ async def test_wait_for_returns_the_truthy_value_and_fails_with_the_message() ->
         await wait_for(never, timeout=0.1, message="the moon turned blue")
 
 
+@pytest.mark.parametrize("test_broker", [None, "tansu", "kafka"])
 def test_bootstrap_servers_env_selects_an_external_broker(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, test_broker: str | None
 ) -> None:
     monkeypatch.setenv(BOOTSTRAP_ENV, " kafka-1:9092, kafka-2:9092 ")
+    if test_broker is None:
+        monkeypatch.delenv(BROKER_ENV, raising=False)
+    else:
+        monkeypatch.setenv(BROKER_ENV, test_broker)
 
     selected = select_broker(log_dir=tmp_path)
 
     assert selected == ExternalBroker("kafka-1:9092,kafka-2:9092")
+    assert broker_kind(selected) is BrokerKind.KAFKA
     with pytest.raises(NotImplementedError):
         selected.restart()
 
 
 @pytest.mark.parametrize("value", [None, "", " , "])
+@pytest.mark.parametrize("test_broker", [None, "", "tansu", " Tansu "])
 def test_without_bootstrap_servers_an_embedded_broker_is_chosen_but_not_started(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str | None
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str | None, test_broker: str | None
 ) -> None:
-    if value is None:
-        monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
-    else:
-        monkeypatch.setenv(BOOTSTRAP_ENV, value)
+    for name, setting in ((BOOTSTRAP_ENV, value), (BROKER_ENV, test_broker)):
+        if setting is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, setting)
 
     selected = select_broker(log_dir=tmp_path)
 
     assert isinstance(selected, EmbeddedBroker)
     assert not selected.running
+    assert broker_kind(selected) is BrokerKind.TANSU
+
+
+def test_test_broker_kafka_chooses_the_shared_apache_kafka_but_does_not_start_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    monkeypatch.setenv(BROKER_ENV, "kafka")
+
+    selected = select_broker(log_dir=tmp_path / "tansu", kafka_state_dir=tmp_path / "kafka")
+
+    assert isinstance(selected, ApacheKafkaBroker)
+    assert not selected.running
+    assert selected.state_dir == tmp_path / "kafka"
+    assert not (tmp_path / "kafka").exists()
+    assert broker_kind(selected) is BrokerKind.KAFKA
+
+
+def test_an_unknown_test_broker_is_refused_with_the_choices(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    monkeypatch.setenv(BROKER_ENV, "redpanda")
+
+    with pytest.raises(ValueError, match="TEST_BROKER='redpanda': expected one of tansu, kafka"):
+        select_broker(log_dir=tmp_path)
+
+
+def test_group_timeouts_are_lowered_for_tansu_and_accepted_by_apache_kafka() -> None:
+    tansu = GROUP_TIMEOUTS[BrokerKind.TANSU]
+    kafka = GROUP_TIMEOUTS[BrokerKind.KAFKA]
+    assert tansu == {
+        "session_timeout_ms": 2000,
+        "heartbeat_interval_ms": 500,
+        "rebalance_timeout_ms": 2000,
+    }
+    # Apache Kafka's default group.min.session.timeout.ms, which these tests never lower.
+    assert kafka["session_timeout_ms"] >= 6000
+    for timeouts in (tansu, kafka):
+        assert timeouts["heartbeat_interval_ms"] * 3 <= timeouts["session_timeout_ms"]
+    assert group_timeouts(ExternalBroker("kafka-1:9092")) == dict(kafka)
+
+
+def test_kafka_home_is_beside_the_repository_unless_the_environment_says(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    assert kafka_home({}) == repo.parent / "shared" / "kafka"
+    assert kafka_home({KAFKA_HOME_ENV: str(tmp_path)}) == tmp_path
+
+
+def test_apache_kafka_without_its_distribution_fails_to_start_saying_where_it_looked(
+    tmp_path: Path,
+) -> None:
+    broker = ApacheKafkaBroker(tmp_path / "state", home=tmp_path / "nowhere")
+
+    with pytest.raises(BrokerStartError, match=f"no Apache Kafka at {tmp_path / 'nowhere'}"):
+        broker.start()
+    assert not broker.running
+
+
+async def test_a_persistent_broker_restarts_on_its_address_with_topics_records_and_offsets(
+    persistent_broker: RestartableBroker,
+) -> None:
+    """The restart-on-same-storage broker keeps what a restart of the service relies on."""
+    broker = persistent_broker
+    bootstrap = broker.bootstrap
+    topics = Topics(requests=unique("kept"), dlq=unique("kept-dlq"), group=unique("kept-group"))
+    await create_topic(bootstrap, topics.requests, partitions=3)
+    await produce(bootstrap, topics.requests, [b"a", b"b", b"c"], partition=2)
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=topics.group, enable_auto_commit=False
+    )
+    await committer.start()
+    try:
+        # Committed by a consumer that never joins the group, as the replay command does.
+        committer.assign([TopicPartition(topics.requests, 2)])
+        await committer.commit({TopicPartition(topics.requests, 2): 2})
+    finally:
+        await committer.stop()
+
+    broker.restart()
+
+    assert broker.bootstrap == bootstrap
+    records = await read_all(bootstrap, topics.requests, expected=3, timeout=60)
+    assert [(r.partition, r.offset, r.value) for r in records] == [
+        (2, 0, b"a"),
+        (2, 1, b"b"),
+        (2, 2, b"c"),
+    ]
+    offsets = await committed_offsets(bootstrap, topics.group, topics.requests, timeout=60)
+    assert offsets == {0: None, 1: None, 2: 2}
 
 
 async def test_embedded_broker_restarts_on_its_port_with_empty_storage(tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ async def test_attachments_headers_and_signature_arrive_intact(
         ],
     )
     settings = settings_for(
-        broker.bootstrap,
+        broker,
         topics,
         relay.port,
         retry_delays="0.1",
@@ -174,7 +174,7 @@ async def test_attachment_problems_are_dead_lettered_attachment_error(
         keys=[name.encode() for name in originals],
     )
     settings = settings_for(
-        broker.bootstrap,
+        broker,
         topics,
         relay.port,
         email={"attachment_url_hosts": "127.0.0.1", "attachment_ca_file": files.ca_file},

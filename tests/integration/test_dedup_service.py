@@ -26,7 +26,7 @@ async def test_a_replayed_id_is_skipped_by_a_later_process_through_redis(
     broker: Broker, topics: Topics, relay: SmtpTestServer, redis: RedisServer
 ) -> None:
     """The record outlives the process that wrote it: the next one finds the id there."""
-    settings = settings_for(broker.bootstrap, topics, relay.port, redis_url=redis.url)
+    settings = settings_for(broker, topics, relay.port, redis_url=redis.url)
     await produce(broker.bootstrap, topics.requests, [request_payload("replayed-1")])
     async with in_process(settings):
         await relay.wait_for_messages(1, within=30)
@@ -50,7 +50,7 @@ async def test_a_replayed_id_is_skipped_by_a_later_process_through_redis(
 async def test_the_memory_record_skips_an_id_redelivered_to_the_same_process(
     broker: Broker, topics: Topics, relay: SmtpTestServer
 ) -> None:
-    settings = settings_for(broker.bootstrap, topics, relay.port)
+    settings = settings_for(broker, topics, relay.port)
     async with in_process(settings) as service:
         await produce(broker.bootstrap, topics.requests, [request_payload("twice-1")])
         await relay.wait_for_messages(1, within=30)
@@ -69,7 +69,7 @@ async def test_with_redis_down_every_request_is_still_sent(
 ) -> None:
     """Fail open: an outage of the store costs deduplication, never delivery."""
     down = RedisServer(tmp_path / "down")  # never started: connections are refused
-    settings = settings_for(broker.bootstrap, topics, relay.port, redis_url=down.url)
+    settings = settings_for(broker, topics, relay.port, redis_url=down.url)
     ids = [f"open-{i}" for i in range(10)]
     await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
     async with in_process(settings) as service:

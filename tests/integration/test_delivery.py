@@ -42,7 +42,7 @@ async def test_a_batch_is_delivered_with_the_right_headers_and_bodies(
         ],
         keys=[id_.encode() for id_ in ids],
     )
-    async with in_process(settings_for(broker.bootstrap, topics, relay.port)) as service:
+    async with in_process(settings_for(broker, topics, relay.port)) as service:
         received = await relay.wait_for_messages(30, within=30)
         await wait_committed(broker, topics, 30)
         assert service.metric("email_sent_total") == 30
@@ -97,7 +97,7 @@ async def test_every_dead_letter_reason_carries_its_headers(
         headers=[("traceparent", b"00-abc-01")],
         partition=0,
     )
-    settings = settings_for(broker.bootstrap, topics, relay.port, retry_delays="0.1,0.2")
+    settings = settings_for(broker, topics, relay.port, retry_delays="0.1,0.2")
     async with in_process(settings) as service:
         letters = await read_all(broker.bootstrap, topics.dlq, expected=6, timeout=30)
         await wait_committed(broker, topics, 6)
@@ -141,7 +141,7 @@ async def test_a_transient_failure_succeeds_on_retry(
 ) -> None:
     relay.fail_data(TRY_LATER, email_id="flaky", times=1)
     await produce(broker.bootstrap, topics.requests, [request_payload("flaky")])
-    async with in_process(settings_for(broker.bootstrap, topics, relay.port)) as service:
+    async with in_process(settings_for(broker, topics, relay.port)) as service:
         [received] = await relay.wait_for_messages(1, within=30)
         await wait_committed(broker, topics, 1)
         assert service.metric("email_retries_total") == 1
@@ -163,7 +163,7 @@ async def test_a_slow_retry_does_not_block_other_requests(
         partition=0,
     )
     settings = settings_for(
-        broker.bootstrap, topics, relay.port, workers=1, retry_delays="3600", shutdown_timeout=1
+        broker, topics, relay.port, workers=1, retry_delays="3600", shutdown_timeout=1
     )
     async with in_process(settings) as service:
         received = await relay.wait_for_messages(20, within=30)
@@ -190,7 +190,7 @@ async def test_injection_attempts_are_neutralised(
         request_payload("html-in-data", data={"name": "<script>alert(1)</script>"}),
     ]
     await produce(broker.bootstrap, topics.requests, hostile, partition=0)
-    async with in_process(settings_for(broker.bootstrap, topics, relay.port)):
+    async with in_process(settings_for(broker, topics, relay.port)):
         letters = await read_all(broker.bootstrap, topics.dlq, expected=3, timeout=30)
         received = await relay.wait_for_messages(1, within=30)
         await wait_committed(broker, topics, 4)
@@ -227,7 +227,7 @@ async def test_commits_never_pass_an_unfinished_request(
     await produce(
         broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids], partition=0
     )
-    settings = settings_for(broker.bootstrap, topics, relay.port, shutdown_timeout=1)
+    settings = settings_for(broker, topics, relay.port, shutdown_timeout=1)
     async with in_process(settings) as service:
         await relay.wait_for_messages(9, within=30)
         await wait_for(
@@ -247,7 +247,7 @@ async def test_http_endpoints_report_health_readiness_and_metrics(
     broker: Broker, topics: Topics, relay: SmtpTestServer
 ) -> None:
     await produce(broker.bootstrap, topics.requests, [request_payload("one")])
-    async with in_process(settings_for(broker.bootstrap, topics, relay.port)) as service:
+    async with in_process(settings_for(broker, topics, relay.port)) as service:
         await relay.wait_for_messages(1, within=30)
         # The relay records the message before its 250 reaches the service.
         await wait_for(lambda: service.metric("email_sent_total") == 1, 15, message="counted")

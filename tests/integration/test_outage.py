@@ -33,7 +33,7 @@ async def test_a_relay_outage_pauses_delivery_instead_of_dead_lettering(
     async with SmtpTestServer() as relay:
         relay.delay_data(0.05)  # slow enough that the outage lands in the middle of the batch
         settings = with_overrides(
-            settings_for(broker.bootstrap, topics, relay.port, workers=4, retry_delays="1,5,10"),
+            settings_for(broker, topics, relay.port, workers=4, retry_delays="1,5,10"),
             smtp={"probe_interval": 1.0, "timeout": 2.0},
         )
         await produce(broker.bootstrap, topics.requests, [request_payload(i) for i in ids])
@@ -86,7 +86,7 @@ async def test_throttling_replies_slow_the_service_down_and_nothing_is_lost(
             if not id_.endswith(("0", "4")):
                 relay.fail_data("421 4.7.0 too many messages, slow down", email_id=id_, times=1)
         settings = with_overrides(
-            settings_for(broker.bootstrap, topics, relay.port, workers=4, retry_delays="0.5"),
+            settings_for(broker, topics, relay.port, workers=4, retry_delays="0.5"),
             email={"rate_limit": 40.0},
         )
         await produce(broker.bootstrap, topics.requests, [request_payload(i) for i in ids])
@@ -110,7 +110,7 @@ async def test_the_rate_limit_bounds_sends_per_second_across_all_workers(
     rate = 5.0
     async with SmtpTestServer() as relay:
         settings = with_overrides(
-            settings_for(broker.bootstrap, topics, relay.port, workers=8),
+            settings_for(broker, topics, relay.port, workers=8),
             email={"rate_limit": rate},
         )
         await produce(broker.bootstrap, topics.requests, [request_payload(i) for i in ids])

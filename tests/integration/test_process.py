@@ -25,7 +25,7 @@ async def test_sigterm_drains_in_flight_requests_commits_and_exits_zero(
     relay.delay_data(0.2)  # 40 requests on 4 workers: about two seconds of sending
     ids = [f"term-{i}" for i in range(40)]
     await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
-    service = ServiceProcess(settings_for(broker.bootstrap, topics, relay.port), tmp_path / "log")
+    service = ServiceProcess(settings_for(broker, topics, relay.port), tmp_path / "log")
     processes.append(service)
     service.start()
     await service.wait_ready()
@@ -54,7 +54,7 @@ async def test_sigkill_then_restart_loses_nothing(
     relay.delay_data(0.05)
     ids = [f"kill-{i}" for i in range(120)]
     await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
-    settings = settings_for(broker.bootstrap, topics, relay.port, workers=2)
+    settings = settings_for(broker, topics, relay.port, workers=2)
 
     first = ServiceProcess(settings, tmp_path / "first.log")
     processes.append(first)

@@ -124,7 +124,7 @@ async def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Asy
             topics.requests,
             [request_payload("scraped-1"), request_payload("scraped-2"), b"not json"],
         )
-        async with in_process(settings_for(broker.bootstrap, topics, relay.port)) as service:
+        async with in_process(settings_for(broker, topics, relay.port)) as service:
             await relay.wait_for_messages(2, within=30)
             await wait_for(
                 lambda: service.metric("email_dead_letters_total", reason="invalid_payload") == 1,

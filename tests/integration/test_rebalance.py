@@ -7,23 +7,22 @@ import collections
 import json
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.kafka import (
     Broker,
-    EmbeddedBroker,
+    RestartableBroker,
     Topics,
     committed_offsets,
     committed_total,
     create_topic,
+    group_timeouts,
     produce,
     unique,
     wait_for,
 )
-from support.s3 import s3_storage
 from support.service import ServiceProcess, in_process, request_payload, settings_for
 from support.smtp_server import SmtpTestServer
 
@@ -45,9 +44,7 @@ async def test_a_replica_stopped_mid_batch_loses_nothing_and_duplicates_stay_bel
     await create_topic(broker.bootstrap, topics.dlq, partitions=1)
     # Slow enough that the survivor is still busy when the group takes partitions away.
     relay.delay_data(0.2)
-    settings = settings_for(
-        broker.bootstrap, topics, relay.port, workers=4, buffer=8, max_in_flight=12
-    )
+    settings = settings_for(broker, topics, relay.port, workers=4, buffer=8, max_in_flight=12)
     replicas = [ServiceProcess(settings, tmp_path / f"replica-{n}.log") for n in (1, 2)]
     processes.extend(replicas)
     for replica in replicas:
@@ -93,7 +90,7 @@ async def test_healthz_fails_while_the_relay_holds_a_send_and_recovers_after_pro
 ) -> None:
     relay.delay_data(8.0, times=1)  # accepts the connection, answers DATA only after 8 s
     settings = settings_for(
-        broker.bootstrap,
+        broker,
         topics,
         relay.port,
         workers=1,
@@ -125,22 +122,8 @@ async def test_healthz_fails_while_the_relay_holds_a_send_and_recovers_after_pro
         assert collections.Counter(m.email_id for m in relay.messages) == collections.Counter(ids)
 
 
-@pytest.fixture
-def persistent_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A Tansu of its own with S3 storage (moto), so a restart keeps topics and offsets."""
-    with (
-        s3_storage() as storage,
-        EmbeddedBroker(
-            log_dir=tmp_path / "tansu",
-            storage_engine=storage.url,
-            environment=storage.environment,
-        ) as broker,
-    ):
-        yield broker
-
-
 async def test_a_broker_restart_mid_batch_loses_nothing_and_the_service_reconnects(
-    persistent_broker: EmbeddedBroker,
+    persistent_broker: RestartableBroker,
     relay: SmtpTestServer,
     processes: list[ServiceProcess],
     tmp_path: Path,
@@ -150,9 +133,7 @@ async def test_a_broker_restart_mid_batch_loses_nothing_and_the_service_reconnec
     await create_topic(broker.bootstrap, topics.requests, partitions=3)
     await create_topic(broker.bootstrap, topics.dlq, partitions=1)
     relay.delay_data(0.05)
-    settings = settings_for(
-        broker.bootstrap, topics, relay.port, workers=4, buffer=8, max_in_flight=12
-    )
+    settings = settings_for(broker, topics, relay.port, workers=4, buffer=8, max_in_flight=12)
     service = ServiceProcess(settings, tmp_path / "service.log")
     processes.append(service)
     service.start()
@@ -169,7 +150,7 @@ async def test_a_broker_restart_mid_batch_loses_nothing_and_the_service_reconnec
     committed_before = await committed_total(broker, topics)
     broker.stop()
     # Down for longer than the group's session timeout: the broker's view of the group lapses.
-    await asyncio.sleep(4)
+    await asyncio.sleep(group_timeouts(broker)["session_timeout_ms"] / 1000 + 2)
     broker.restart()  # same port, same storage: records and committed offsets survive
     delivered_when_back = len(relay.messages)
 

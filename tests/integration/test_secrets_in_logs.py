@@ -36,7 +36,7 @@ async def test_passwords_never_appear_in_the_service_log(
     refuses to start: its start-up error must not show that password either.
     """
     await produce(broker.bootstrap, topics.requests, [request_payload("secret-1")])
-    settings = settings_for(broker.bootstrap, topics, relay.port, retry_delays="0.3")
+    settings = settings_for(broker, topics, relay.port, retry_delays="0.3")
     env = {"SMTP_USERNAME": "svc", "SMTP_PASSWORD": SMTP_SECRET, "LOG_LEVEL": "DEBUG"}
     service = ServiceProcess(settings, tmp_path / "service.log", env=env)
     service.start()

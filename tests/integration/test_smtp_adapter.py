@@ -169,6 +169,12 @@ async def test_every_recipient_refused_with_5xx_is_rejected_with_the_first_code(
         await sender.send(make_email(recipients=(ALICE, BOB)))
 
     assert caught.value.code == 550
+    assert caught.value.reply == "5.1.1 no such user"
+    # Each refusal, for the suppression list: which of them are hard bounces is decided later.
+    assert caught.value.refusals == (
+        RecipientRefusal(ALICE, 550, "5.1.1 no such user"),
+        RecipientRefusal(BOB, 553, "5.1.3 bad address"),
+    )
     assert relay.messages == []
 
 
@@ -182,6 +188,8 @@ async def test_every_recipient_refused_with_one_4xx_is_transient(
         await sender.send(make_email(recipients=(ALICE, BOB)))
 
     assert caught.value.code == 452
+    assert caught.value.reply == "4.2.2 mailbox full"
+    assert {r.recipient: r.code for r in caught.value.refusals} == {ALICE: 550, BOB: 452}
 
 
 async def test_one_refused_recipient_is_reported_and_the_other_gets_the_message(

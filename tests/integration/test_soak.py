@@ -7,8 +7,9 @@ requests sent, never at a time of day) and lasts a fixed time:
 1. after ~10 s the relay goes away for 15 s and comes back (the circuit opens, requests are
    parked, consumption pauses);
 2. after ~15 s, in the middle of the relay outage, the broker stops for longer than the
-   group's session timeout and starts again on the same port and storage (Tansu with S3
-   storage; any ``RestartableBroker`` fits): the group rebalances while requests are parked;
+   group's session timeout and starts again on the same port and storage (the
+   ``persistent_broker`` fixture: Tansu with S3 storage, or Apache Kafka on its state
+   directory): the group rebalances while requests are parked;
 3. after ~60 s one replica is killed with SIGKILL and started again;
 4. after ~90 s Redis stops for 5 s and starts again on the same port. It is the persistent kind
    of the compose stack (Redis's default snapshotting): SIGTERM writes its snapshot and the
@@ -25,11 +26,11 @@ refused (550); those two kinds are dead-lettered.
 
 20 requests a second for two minutes (2,400), three replicas of four workers on six
 partitions; the whole test takes a little over two minutes on an idle machine. The broker is
-Tansu with S3 storage (moto, in a process of its own); the fixture always starts its own, even
-with ``KAFKA_BOOTSTRAP_SERVERS`` set, since it restarts it. The soak only uses ``bootstrap``,
-``stop()`` and ``restart()`` (``support.broker_restart.RestartableBroker``), the shape of the
-``kafka`` branch's ``persistent_broker`` fixture, which can replace ``restartable_broker`` to run
-it on Apache Kafka too (with that broker's group timeouts in the settings). A summary of the
+one of its own of the session's kind (``persistent_broker``): Tansu with S3 storage (moto, in
+a process of its own) beside Tansu, another Apache Kafka beside the Apache Kafka of
+``TEST_BROKER=kafka``; with ``KAFKA_BOOTSTRAP_SERVERS`` the soak skips, since it restarts its
+broker. It only uses ``bootstrap``, ``stop()`` and ``restart()``, and the group timeouts of the
+broker's kind. A summary of the
 counts and a timeline of the faults is printed (``-s`` shows it) and written to
 ``soak-summary.txt`` in the test's tmp dir.
 
@@ -52,7 +53,7 @@ import collections
 import json
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,16 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.broker_restart import RestartableBroker, tansu_on_s3
-from support.kafka import Topics, committed_offsets, create_topic, read_all, unique, wait_for
+from support.kafka import (
+    RestartableBroker,
+    Topics,
+    committed_offsets,
+    create_topic,
+    group_timeouts,
+    read_all,
+    unique,
+    wait_for,
+)
 from support.redis_server import RedisServer
 from support.service import ServiceProcess, request_payload, settings_for
 from support.smtp_server import TRY_LATER, SmtpTestServer
@@ -76,7 +85,8 @@ REPLICAS = 3
 WORKERS = 4  # per replica
 
 RELAY_OUTAGE = 15.0
-BROKER_DOWN = 5.0  # longer than the Tansu session timeout (2 s): the group lapses
+# The broker stays down this much longer than the group's session timeout: the group lapses.
+BROKER_DOWN_BEYOND_SESSION = 3.0
 REPLICA_DOWN = 2.0
 REDIS_DOWN = 5.0
 
@@ -107,16 +117,6 @@ def payload(n: int) -> bytes:
     if has_no_template(n):
         return request_payload(request_id(n), template="no_such_template")
     return request_payload(request_id(n))
-
-
-@pytest.fixture
-def restartable_broker(tmp_path: Path) -> Iterator[RestartableBroker]:
-    """A broker of its own that can be restarted without losing data (Tansu on S3 here).
-
-    Always its own, even with ``KAFKA_BOOTSTRAP_SERVERS`` set: the soak restarts it.
-    """
-    with tansu_on_s3(tmp_path / "broker") as broker:
-        yield broker
 
 
 @dataclass
@@ -201,22 +201,8 @@ async def gauge(replica: ServiceProcess, name: str) -> float:
     raise AssertionError(f"{name} is not exported")
 
 
-def ids_in(records: list[Any]) -> list[str]:
-    return [json.loads(record.value)["id"] for record in records]
-
-
-async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_everything(  # noqa: C901 - one scenario, told in order
-    restartable_broker: RestartableBroker,
-    relay: SmtpTestServer,
-    processes: list[ServiceProcess],
-    tmp_path: Path,
-) -> None:
-    broker = restartable_broker
-    began = time.monotonic()
-    topics = Topics(requests=unique("requests"), dlq=unique("dlq"), group=unique("group"))
-    await create_topic(broker.bootstrap, topics.requests, partitions=PARTITIONS)
-    await create_topic(broker.bootstrap, topics.dlq, partitions=1)
-
+def script_relay(relay: SmtpTestServer) -> tuple[set[str], set[str]]:
+    """Script the relay's answers; returns the ids that must be delivered and the others."""
     good = {request_id(n) for n in range(REQUESTS) if not has_no_template(n) and not is_refused(n)}
     bad = {request_id(n) for n in range(REQUESTS)} - good
     for n in range(REQUESTS):
@@ -227,13 +213,34 @@ async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_ever
     # A relay that takes its time (the rules above win for their ids): at the kill, sends are
     # under way and some requests are finished but not committed yet.
     relay.delay_data(0.05)
+    return good, bad
+
+
+def ids_in(records: list[Any]) -> list[str]:
+    return [json.loads(record.value)["id"] for record in records]
+
+
+async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_everything(
+    persistent_broker: RestartableBroker,
+    relay: SmtpTestServer,
+    processes: list[ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    broker = persistent_broker
+    broker_down = group_timeouts(broker)["session_timeout_ms"] / 1000 + BROKER_DOWN_BEYOND_SESSION
+    began = time.monotonic()
+    topics = Topics(requests=unique("requests"), dlq=unique("dlq"), group=unique("group"))
+    await create_topic(broker.bootstrap, topics.requests, partitions=PARTITIONS)
+    await create_topic(broker.bootstrap, topics.dlq, partitions=1)
+
+    good, bad = script_relay(relay)
 
     redis = RedisServer(tmp_path / "redis", persistent=True)
     redis.start()
     try:
-        # The group timeouts are settings_for's, the lowered ones Tansu needs.
+        # The group timeouts are settings_for's: those the broker's kind accepts.
         settings = settings_for(
-            broker.bootstrap,
+            broker,
             topics,
             relay.port,
             workers=WORKERS,
@@ -287,7 +294,7 @@ async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_ever
 
         schedule: list[tuple[int, Callable[[], Awaitable[None]]]] = [
             (RELAY_AT, lambda: during(RELAY_OUTAGE, "relay", relay.stop, relay.start)),
-            (BROKER_AT, lambda: during(BROKER_DOWN, "broker", broker.stop, broker.restart)),
+            (BROKER_AT, lambda: during(broker_down, "broker", broker.stop, broker.restart)),
             (KILL_AT, kill_and_restart),
             (REDIS_AT, lambda: during(REDIS_DOWN, "redis", redis.stop, redis.start)),
         ]

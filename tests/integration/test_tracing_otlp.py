@@ -40,7 +40,7 @@ async def test_the_service_exports_request_spans_over_otlp_http(
     tmp_path: Path,
 ) -> None:
     service = ServiceProcess(
-        settings_for(broker.bootstrap, topics, relay.port),
+        settings_for(broker, topics, relay.port),
         tmp_path / "service.log",
         env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
@@ -105,7 +105,7 @@ async def test_a_service_with_a_grpc_otlp_protocol_refuses_to_start(
     broker: Broker, topics: Topics, tmp_path: Path
 ) -> None:
     service = ServiceProcess(
-        settings_for(broker.bootstrap, topics, 25),
+        settings_for(broker, topics, 25),
         tmp_path / "service.log",
         env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",

@@ -6,9 +6,14 @@ import asyncio
 from collections import deque
 from collections.abc import Mapping
 
+from messaging_service.core.events import OutcomeEvent
 from messaging_service.core.offsets import Commit, TopicPartition
 from messaging_service.core.values import DeadLetter, InboundRecord, OutgoingEmail, SendReport
-from messaging_service.errors import DeadLetterUnavailableError, SentLogUnavailableError
+from messaging_service.errors import (
+    DeadLetterUnavailableError,
+    EventsUnavailableError,
+    SentLogUnavailableError,
+)
 
 Script = SendReport | Exception
 
@@ -163,3 +168,17 @@ class FakeFetcher:
         if isinstance(result, Exception):
             raise result
         return result
+
+
+class FakeEvents:
+    """Records outcome events; fails the first ``failures`` publishes as the broker would."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.published: list[OutcomeEvent] = []
+
+    async def publish(self, event: OutcomeEvent) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise EventsUnavailableError("events topic unavailable")
+        self.published.append(event)

@@ -1,32 +1,44 @@
-"""A Kafka-protocol broker for integration tests (embedded Tansu or external) and async helpers.
+"""A Kafka-protocol broker for integration tests (Tansu, Apache Kafka or external) and helpers.
 
     with EmbeddedBroker() as broker:                 # Tansu on a free 127.0.0.1 port
         await create_topic(broker.bootstrap, "requests", partitions=3)
         await produce(broker.bootstrap, "requests", [b"a", b"b"], partition=0)
         records = await read_all(broker.bootstrap, "requests", expected=2)
         offsets = await committed_offsets(broker.bootstrap, "group", "requests")
+        consumer = AIOKafkaConsumer(..., **group_timeouts(broker))
         broker.restart()                              # same port, but EVERYTHING is gone
 
-The embedded broker itself lives in the package (``messaging_service.embedded``, also used by
-``messaging-service dev``); its docstring lists the Tansu quirks these helpers work around:
+Which broker a session uses (``select_broker``): ``KAFKA_BOOTSTRAP_SERVERS`` names an external
+Apache Kafka; otherwise ``TEST_BROKER`` picks ``tansu`` (the default: the embedded broker of
+``messaging_service.embedded``) or ``kafka`` (the shared Apache Kafka, started by the tests:
+``support.apache_kafka``).
+
+The helpers work on both kinds. Tansu's quirks (listed in ``messaging_service.embedded``):
 ``read_all`` stops at the high watermark of fetch responses (never ``end_offsets()``), topics
 are looked up by listing all of them, ``committed_offsets`` always names the partitions, and
-consumers in tests need the lowered group timeouts of ``KAFKA_TIMEOUTS``.
+consumers need lowered group timeouts. Apache Kafka's: it refuses a session timeout below 6 s,
+a client only learns the partitions of the topics it asks about (so partitions are asked of the
+cluster, never read from a consumer's metadata), and the first group request of a new cluster
+waits for the offsets topic (``committed_offsets`` retries that). ``group_timeouts(broker)``
+gives the group timeouts each kind accepts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol, TypeAlias, TypeVar, overload
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from messaging_service.adapters import kafka_admin
 from messaging_service.adapters.kafka_admin import admin_client, topic_partitions
@@ -38,21 +50,28 @@ from messaging_service.dev.embedded import (
     free_port,
     tansu_binary,
 )
+from support.apache_kafka import ApacheKafkaBroker
 
 __all__ = [
     "BOOTSTRAP_ENV",
+    "BROKER_ENV",
     "HOST",
-    "KAFKA_TIMEOUTS",
+    "ApacheKafkaBroker",
     "Broker",
+    "BrokerKind",
     "BrokerStartError",
     "EmbeddedBroker",
     "ExternalBroker",
     "Record",
+    "RestartableBroker",
     "Topics",
+    "broker_kind",
     "committed_offsets",
     "create_topic",
     "external_broker",
     "free_port",
+    "group_timeouts",
+    "partitions_of",
     "produce",
     "read_all",
     "select_broker",
@@ -62,10 +81,32 @@ __all__ = [
 ]
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+BROKER_ENV = "TEST_BROKER"
 
-# Lowered group timeouts for consumers in tests (pass them through KafkaSettings, never as
-# production defaults); see messaging_service.embedded for the measurements behind them.
-KAFKA_TIMEOUTS: Mapping[str, int] = TANSU_GROUP_TIMEOUTS
+
+class BrokerKind(enum.Enum):
+    TANSU = "tansu"
+    KAFKA = "kafka"
+
+
+# Group timeouts for consumers in tests (pass them through KafkaSettings, never as production
+# defaults). Tansu waits out timers instead of acting on a member leaving, so they are lowered
+# for it (see messaging_service.embedded for the measurements). Apache Kafka refuses sessions
+# below group.min.session.timeout.ms (6 s by default) and rebalances at once when a member
+# leaves, so only a killed member costs the session timeout; a 1 s heartbeat lets members
+# notice a rebalance within a second.
+GROUP_TIMEOUTS: Mapping[BrokerKind, Mapping[str, int]] = MappingProxyType(
+    {
+        BrokerKind.TANSU: TANSU_GROUP_TIMEOUTS,
+        BrokerKind.KAFKA: MappingProxyType(
+            {
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
+                "rebalance_timeout_ms": 6000,
+            }
+        ),
+    }
+)
 
 T = TypeVar("T")
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
@@ -81,7 +122,7 @@ class Topics:
 
 
 class Broker(Protocol):
-    """What the integration tests need from a broker, embedded or external."""
+    """What the integration tests need from a broker: Tansu, Apache Kafka or external."""
 
     @property
     def bootstrap(self) -> str: ...
@@ -89,14 +130,30 @@ class Broker(Protocol):
     def restart(self) -> None: ...
 
 
+class RestartableBroker(Broker, Protocol):
+    """A broker the tests started, so they can stop it and start it again."""
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ExternalBroker:
-    """A broker someone else runs (``KAFKA_BOOTSTRAP_SERVERS``); the tests cannot restart it."""
+    """An Apache Kafka someone else runs (``KAFKA_BOOTSTRAP_SERVERS``); tests cannot restart it."""
 
     bootstrap: str
 
     def restart(self) -> None:
         raise NotImplementedError(f"cannot restart the external broker at {self.bootstrap}")
+
+
+def broker_kind(broker: Broker) -> BrokerKind:
+    """Tansu for the embedded broker; Apache Kafka for the one the tests start and external ones."""
+    return BrokerKind.TANSU if isinstance(broker, EmbeddedBroker) else BrokerKind.KAFKA
+
+
+def group_timeouts(broker: Broker) -> dict[str, int]:
+    """Session/heartbeat/rebalance timeouts (``*_ms`` keywords) that ``broker`` accepts."""
+    return dict(GROUP_TIMEOUTS[broker_kind(broker)])
 
 
 def external_broker(environ: Mapping[str, str] | None = None) -> ExternalBroker | None:
@@ -107,10 +164,30 @@ def external_broker(environ: Mapping[str, str] | None = None) -> ExternalBroker 
 
 
 def select_broker(
-    environ: Mapping[str, str] | None = None, *, log_dir: Path | None = None
-) -> ExternalBroker | EmbeddedBroker:
-    """The external broker if the environment names one, else an embedded one (not started)."""
-    return external_broker(environ) or EmbeddedBroker(log_dir=log_dir)
+    environ: Mapping[str, str] | None = None,
+    *,
+    log_dir: Path | None = None,
+    kafka_state_dir: Path | None = None,
+) -> ExternalBroker | EmbeddedBroker | ApacheKafkaBroker:
+    """The broker the environment asks for, not started.
+
+    ``KAFKA_BOOTSTRAP_SERVERS`` names an external broker; otherwise ``TEST_BROKER`` is
+    ``tansu`` (or unset: the embedded broker, logging to ``log_dir``) or ``kafka`` (the shared
+    Apache Kafka, its state in ``kafka_state_dir``). Raises ValueError for another name.
+    """
+    env = os.environ if environ is None else environ
+    external = external_broker(env)
+    if external is not None:
+        return external
+    name = env.get(BROKER_ENV, "").strip().lower() or BrokerKind.TANSU.value
+    try:
+        kind = BrokerKind(name)
+    except ValueError:
+        choices = ", ".join(kind.value for kind in BrokerKind)
+        raise ValueError(f"{BROKER_ENV}={name!r}: expected one of {choices}") from None
+    if kind is BrokerKind.KAFKA:
+        return ApacheKafkaBroker(kafka_state_dir)
+    return EmbeddedBroker(log_dir=log_dir)
 
 
 # --- async helpers --------------------------------------------------------------------------
@@ -235,6 +312,7 @@ async def read_all(
     high watermark of the latest fetch and nothing new arrived for ``idle`` seconds. Raises
     AssertionError on timeout.
     """
+    tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic, timeout=timeout)]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -247,9 +325,6 @@ async def read_all(
     try:
         async with asyncio.timeout(timeout):
             await consumer.start()
-            if topic not in await consumer.topics():
-                raise AssertionError(f"topic {topic!r} does not exist")
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             last_arrival = loop.time()
@@ -281,6 +356,32 @@ async def _caught_up(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]) 
     return True
 
 
+async def partitions_of(
+    bootstrap: str,
+    topic: str,
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> list[int]:
+    """The partitions of ``topic``, once each has a leader; AssertionError if it never shows.
+
+    Asked of the cluster by listing every topic, because a consumer's own metadata cannot be
+    trusted for this: Apache Kafka tells a client only about the topics it asked for, so
+    ``partitions_for_topic()`` stays None on a consumer that was never told about the topic.
+    """
+
+    async def found() -> list[int] | None:
+        async with admin_client(bootstrap) as admin:
+            return await topic_partitions(admin, topic)
+
+    try:
+        partitions: list[int] | None = await wait_for(found, timeout, interval=0.1)
+    except AssertionError:
+        partitions = None
+    if not partitions:
+        raise AssertionError(f"topic {topic!r} does not exist (within {timeout}s)")
+    return partitions
+
+
 async def committed_offsets(
     bootstrap: str,
     group: str,
@@ -288,16 +389,24 @@ async def committed_offsets(
     *,
     timeout: float = 10.0,  # noqa: ASYNC109
 ) -> dict[int, int | None]:
-    """The group's committed offset for each partition of ``topic`` (None: never committed)."""
+    """The group's committed offset for each partition of ``topic`` (None: never committed).
+
+    Retries the broker's retriable answers: on a new Apache Kafka the first group request
+    creates the offsets topic and is answered "coordinator not available" meanwhile.
+    """
     what = f"committed offsets of {group!r} on {topic!r}"
+    partitions = await partitions_of(bootstrap, topic, timeout=timeout)
+    # The partitions must be named: Tansu drops the connection on an OffsetFetch for "all".
+    tps = [TopicPartition(topic, p) for p in partitions]
     async with _within(timeout, what), admin_client(bootstrap) as admin:
-        partitions = await topic_partitions(admin, topic)
-        if partitions is None:
-            raise AssertionError(f"topic {topic!r} does not exist")
-        # The partitions must be named: Tansu drops the connection on an OffsetFetch for "all".
-        answer = await admin.list_consumer_group_offsets(
-            group, partitions=[TopicPartition(topic, p) for p in partitions]
-        )
+        while True:
+            try:
+                answer = await admin.list_consumer_group_offsets(group, partitions=tps)
+                break
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+            await asyncio.sleep(0.1)
     result: dict[int, int | None] = dict.fromkeys(partitions)
     for tp, meta in answer.items():
         if tp.topic == topic and meta.offset >= 0:

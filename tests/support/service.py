@@ -18,11 +18,11 @@ import aiohttp
 
 from messaging_service.app import Running, run_service
 from messaging_service.config import Settings, load_settings
-from support.kafka import KAFKA_TIMEOUTS, Topics, free_port, wait_for
+from support.kafka import Broker, Topics, free_port, group_timeouts, wait_for
 
 
 def settings_for(
-    bootstrap: str,
+    broker: Broker,
     topics: Topics,
     smtp_port: int,
     *,
@@ -38,17 +38,23 @@ def settings_for(
     redis_url: str | None = None,
     email: Mapping[str, Any] | None = None,
     dkim: Mapping[str, Any] | None = None,
+    events_topic: str = "",
+    suppression: bool = True,
 ) -> Settings:
-    """Settings for one test: its own topics and group, the lowered group timeouts."""
+    """Settings for one test: its own topics and group, the group timeouts ``broker`` takes.
+
+    Outcome events are off unless a test gives its own ``events_topic``.
+    """
     return load_settings(
         env_file=None,
         kafka={
-            "bootstrap_servers": bootstrap,
+            "bootstrap_servers": broker.bootstrap,
             "topic": topics.requests,
             "dlq_topic": topics.dlq,
+            "events_topic": events_topic,
             "group_id": topics.group,
             "commit_interval_ms": commit_interval_ms,
-            **KAFKA_TIMEOUTS,
+            **group_timeouts(broker),
         },
         smtp={"host": "127.0.0.1", "port": smtp_port, "timeout": smtp_timeout},
         email={
@@ -59,6 +65,8 @@ def settings_for(
             "retry_delays": retry_delays,
             "max_retries": max_retries,
             **(email or {}),
+            "suppression": suppression,
+            "suppression_key_prefix": f"{topics.group}:suppressed:",
         },
         http={"host": "127.0.0.1", "port": 0},
         runtime={"shutdown_timeout": shutdown_timeout, **(runtime or {})},
@@ -80,6 +88,7 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "KAFKA_TOPIC": kafka.topic,
             "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+            "KAFKA_EVENTS_TOPIC": kafka.events_topic,
             "KAFKA_GROUP_ID": kafka.group_id,
             "KAFKA_COMMIT_INTERVAL_MS": str(kafka.commit_interval_ms),
             "KAFKA_SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
@@ -95,6 +104,9 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "EMAIL_MAX_IN_FLIGHT": str(email.max_in_flight),
             "EMAIL_MAX_RETRIES": str(email.max_retries),
             "EMAIL_RETRY_DELAYS": ",".join(str(d) for d in email.retry_delays),
+            "EMAIL_SUPPRESSION": "on" if email.suppression else "off",
+            "EMAIL_SUPPRESSION_TTL": str(email.suppression_ttl),
+            "EMAIL_SUPPRESSION_KEY_PREFIX": email.suppression_key_prefix,
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": str(http_port),
             "LOG_FORMAT": "json",

@@ -39,6 +39,7 @@ REDIS_SERVER = REPO / ".tools" / "redis" / "bin" / "redis-server"
 KUBERNETES = DEPLOY / "kubernetes"
 KUBECTL = REPO / ".tools" / "kubernetes" / "bin" / "kubectl"
 CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
+ASYNCAPI_MODULES = REPO / ".tools" / "asyncapi" / "node_modules"
 
 # Every metric name the service exports starts with this.
 _METRIC = re.compile(r"\bemail_[a-z0-9_]+\b")
@@ -123,6 +124,16 @@ def kubectl() -> Path:
 
 def checkov() -> Path:
     return _executable(CHECKOV, "run scripts/fetch-tools")
+
+
+def asyncapi_parser() -> tuple[Path, Path]:
+    """node and the node_modules folder holding the AsyncAPI project's @asyncapi/parser."""
+    node = shutil.which("node")
+    if node is None:
+        missing_tool("node is not on PATH: the AsyncAPI parser is a Node.js package")
+    if not (ASYNCAPI_MODULES / "@asyncapi" / "parser" / "package.json").is_file():
+        missing_tool(f"{ASYNCAPI_MODULES}/@asyncapi/parser is missing: run scripts/fetch-tools")
+    return Path(node), ASYNCAPI_MODULES
 
 
 def load_yaml(path: Path) -> Any:

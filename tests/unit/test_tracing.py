@@ -33,6 +33,7 @@ from messaging_service.telemetry.otel import OtelTracing, add_trace_ids
 from messaging_service.telemetry.tracing import (
     NO_TRACE,
     NO_TRACING,
+    Publish,
     TracingConfigError,
     tracing_from_environment,
     wanted_exporter,
@@ -44,6 +45,7 @@ PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 GROUP = "messaging-service"
 DLQ = "email.requests.dlq"
+TOPICS = {Publish.DEAD_LETTER: DLQ, Publish.EVENT: "email.events"}
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 def tracing(exporter: InMemorySpanExporter) -> Iterator[OtelTracing]:
-    traced = OtelTracing(group_id=GROUP, processor=SimpleSpanProcessor(exporter))
+    traced = OtelTracing(group_id=GROUP, topics=TOPICS, processor=SimpleSpanProcessor(exporter))
     yield traced
     traced.close()
 
@@ -72,7 +74,6 @@ def handler_for(
         metrics=Metrics(CollectorRegistry()),
         health=Health(),
         tracing=tracing,
-        dead_letter_topic=DLQ,
     )
 
 
@@ -217,11 +218,11 @@ async def test_log_lines_carry_the_current_trace_and_span_ids(
 
 
 def test_close_exports_and_is_idempotent(exporter: InMemorySpanExporter) -> None:
-    traced = OtelTracing(group_id=GROUP, processor=SimpleSpanProcessor(exporter))
+    traced = OtelTracing(group_id=GROUP, topics=TOPICS, processor=SimpleSpanProcessor(exporter))
     traced.close()
     traced.close()
     with pytest.raises(ValueError, match="exporter or a span processor"):
-        OtelTracing(group_id=GROUP)
+        OtelTracing(group_id=GROUP, topics=TOPICS)
 
 
 async def test_without_tracing_a_delivery_keeps_the_shared_no_op() -> None:
@@ -238,7 +239,7 @@ async def test_without_tracing_a_delivery_keeps_the_shared_no_op() -> None:
     assert await run_to_end(handler, delivery) == Finished(Outcome.SENT)
     assert delivery.trace is NO_TRACE
     assert NO_TRACING.log_processors() == ()
-    with NO_TRACE.publish(DLQ, what="dead_letter") as headers:
+    with NO_TRACE.publish(Publish.DEAD_LETTER) as headers:
         assert headers == ()
 
 
@@ -284,7 +285,7 @@ def test_variables_the_service_cannot_honour_are_refused(
     environ: dict[str, str], message: str
 ) -> None:
     with pytest.raises(TracingConfigError, match=message):
-        tracing_from_environment(environ, group_id=GROUP)
+        tracing_from_environment(environ, group_id=GROUP, topics=TOPICS)
 
 
 def test_configured_tracing_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,11 +293,13 @@ def test_configured_tracing_without_the_extra_names_it(monkeypatch: pytest.Monke
         sys.modules, "messaging_service.telemetry.otel", None
     )  # as if not installed
     with pytest.raises(TracingConfigError, match=r"the optional 'otel' extra"):
-        tracing_from_environment({"OTEL_TRACES_EXPORTER": "otlp"}, group_id=GROUP)
+        tracing_from_environment({"OTEL_TRACES_EXPORTER": "otlp"}, group_id=GROUP, topics=TOPICS)
 
 
 def test_the_console_exporter_is_built_from_the_environment() -> None:
-    traced = tracing_from_environment({"OTEL_TRACES_EXPORTER": "console"}, group_id=GROUP)
+    traced = tracing_from_environment(
+        {"OTEL_TRACES_EXPORTER": "console"}, group_id=GROUP, topics=TOPICS
+    )
     assert traced.enabled
     traced.close()
 
@@ -311,7 +314,7 @@ def test_untraced_service_never_loads_the_tracing_sdk() -> None:
         "import sys\n"
         "import messaging_service.app, messaging_service.cli\n"
         "from messaging_service.telemetry.tracing import NO_TRACING, tracing_from_environment\n"
-        "assert tracing_from_environment({}, group_id='g') is NO_TRACING\n"
+        "assert tracing_from_environment({}, group_id='g', topics={}) is NO_TRACING\n"
         "loaded = ('messaging_service.telemetry.otel', 'opentelemetry.sdk.trace',"
         " 'opentelemetry.exporter')\n"
         "print(sorted(m for m in sys.modules if m.startswith(loaded)))\n"
