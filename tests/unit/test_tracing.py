@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from messaging_service.adapters.dead_letters import dead_letter_headers
+from messaging_service.core.events import EventType, event_record
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
@@ -28,6 +29,7 @@ from messaging_service.core.values import InboundRecord, Outcome
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
 from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
 from messaging_service.service.health import Health
+from messaging_service.service.reporter import EventReporter
 from messaging_service.telemetry.metrics import Metrics
 from messaging_service.telemetry.otel import OtelTracing, add_trace_ids
 from messaging_service.telemetry.tracing import (
@@ -38,7 +40,7 @@ from messaging_service.telemetry.tracing import (
     tracing_from_environment,
     wanted_exporter,
 )
-from support.fakes import FakeDeadLetters, FakeSender
+from support.fakes import FakeDeadLetters, FakeEvents, FakeSender
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -196,6 +198,38 @@ async def test_a_dead_letter_carries_the_trace_context_of_its_publish_span(
     span_id = trace.format_span_id(published.context.span_id)
     assert traceparents == [f"00-{TRACE_ID}-{span_id}-01"]  # replaces the request's own
     assert ("source", b"shop") in headers
+
+
+async def test_outcome_events_carry_the_trace_context_of_their_publish_spans(
+    tracing: OtelTracing, exporter: InMemorySpanExporter
+) -> None:
+    """A deferred event (retry scheduled) and the final one, each published in its own span."""
+    events = FakeEvents()
+    registry = CollectorRegistry()
+    health = Health()
+    handler = RequestHandler(
+        renderer=TemplateRenderer(),
+        builder=MessageBuilder("Shop <shop@example.com>"),
+        sender=FakeSender(SmtpTransientError("451 try later", code=451)),
+        dead_letters=FakeDeadLetters(),
+        policy=RetryPolicy(max_retries=3, delays=(1,)),
+        metrics=Metrics(registry),
+        health=health,
+        events=EventReporter(events, metrics=Metrics(CollectorRegistry()), health=health),
+        sender_domain="example.com",
+        tracing=tracing,
+    )
+    assert await run_to_end(handler, Delivery(inbound())) == Finished(Outcome.SENT)
+
+    spans = sorted(by_name(exporter)["send email.events"], key=lambda s: s.start_time or 0)
+    (process,) = by_name(exporter)["process email.requests"]
+    assert [parent_id(span) for span in spans] == [process.context.span_id] * 2
+    assert [event.type for event in events.published] == [EventType.DEFERRED, EventType.SENT]
+    for event, span in zip(events.published, spans, strict=True):
+        headers = dict(event_record(event, source="test").headers)
+        span_id = trace.format_span_id(span.context.span_id)
+        assert headers["traceparent"].decode() == f"00-{TRACE_ID}-{span_id}-01"
+        assert headers["ce_type"].decode() == event.type.value
 
 
 async def test_log_lines_carry_the_current_trace_and_span_ids(
