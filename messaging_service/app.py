@@ -34,11 +34,13 @@ from messaging_service.core.suppression import MemorySuppressionStore, Suppressi
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import AdaptiveRate
 from messaging_service.core.watchdog import Watchdog
-from messaging_service.service.handler import RequestHandler
+from messaging_service.service.handler import Ports, RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.service.lifecycle import Lifecycle
+from messaging_service.service.outcomes import Outcomes
 from messaging_service.service.pipeline import Pipeline, PipelineSettings
 from messaging_service.service.pool import WorkerPool
+from messaging_service.service.preparer import Preparer
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
 from messaging_service.service.reporter import EventReporter
@@ -75,30 +77,21 @@ async def run_service(
     registry = registry if registry is not None else CollectorRegistry()
     email = settings.email
     # Pure parts first: a broken template or sender fails the start, before any connection.
-    renderer = TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout)
-    builder = MessageBuilder(email.sender, signer=dkim_signer(settings.dkim))
-    # Never more failures than a request has attempts: an outage must open the circuit
-    # before any request could run out of retries because of it.
-    relay = Relay(
-        CircuitBreaker(threshold=min(settings.smtp.circuit_threshold, email.max_retries + 1))
-    )
+    preparer = _preparer(settings)
+    relay = _relay(settings)
     health = Health(relay=relay)
     metrics = Metrics(registry)
     tracker = OffsetTracker(map_max_bytes=settings.kafka.offset_map_max_bytes)
     limiter = SendRateLimiter(AdaptiveRate(email.rate_limit or None))
     watchdog = Watchdog(settings.runtime.watchdog_timeout)
 
-    def waiting() -> bool:
-        return tracker.waiting > 0
+    def alive() -> bool:
+        return watchdog.alive(waiting=tracker.waiting > 0, excused=relay.circuit_open)
 
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             HttpServer(
-                build_app(
-                    registry,
-                    health,
-                    live=lambda: watchdog.alive(waiting=waiting(), excused=relay.circuit_open),
-                ),
+                build_app(registry, health, live=alive),
                 host=settings.http.host,
                 port=settings.http.port,
             )
@@ -106,30 +99,8 @@ async def run_service(
         sender = await stack.enter_async_context(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
-        handler = RequestHandler(
-            renderer=renderer,
-            builder=builder,
-            sender=sender,
-            dead_letters=await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka)),
-            policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
-            metrics=metrics,
-            health=health,
-            relay=relay,
-            limiter=limiter,
-            limits=_limits(settings),
-            allowed_domains=email.allowed_domains,
-            sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
-            tracing=tracing,
-            fetcher=await stack.enter_async_context(
-                HttpsAttachmentFetcher(
-                    hosts=email.attachment_url_hosts,
-                    ca_file=email.attachment_ca_file,
-                    timeout=email.attachment_fetch_timeout,
-                )
-            ),
-            events=await _events(stack, settings, metrics, health),
-            suppressor=await _suppressor(stack, settings, metrics),
-            sender_domain=parse_address(email.sender, allow_special_use=True).domain,
+        handler = await _handler(
+            stack, settings, preparer, sender, metrics, health, limiter, tracing
         )
         pool = await stack.enter_async_context(
             WorkerPool(size=email.worker_count, capacity=email.worker_buffer, on_panic=_log_panic)
@@ -153,20 +124,92 @@ async def run_service(
         await stack.enter_async_context(
             _background(lambda: relay.watch(sender.probe, settings.smtp.probe_interval))
         )
-        consumer = await stack.enter_async_context(
-            KafkaRequestConsumer(
-                settings.kafka,
-                on_assigned=pipeline.on_assigned,
-                on_revoked=pipeline.on_revoked,
-                on_restored=tracker.restore,
-            )
-        )
+        consumer = await stack.enter_async_context(_consumer(settings, pipeline, tracker))
         _log_started(settings, http.port)
         if on_started is not None:
             on_started(Running(http_port=http.port, health=health, registry=registry))
         committed = await pipeline.run(consumer, stop)
     log.info("service_stopped", final_commit="ok" if committed else "failed")
     return committed
+
+
+def _consumer(
+    settings: Settings, pipeline: Pipeline, tracker: OffsetTracker
+) -> KafkaRequestConsumer:
+    """The group member whose rebalances drive the pipeline and restore the offset maps."""
+    return KafkaRequestConsumer(
+        settings.kafka,
+        on_assigned=pipeline.on_assigned,
+        on_revoked=pipeline.on_revoked,
+        on_restored=tracker.restore,
+    )
+
+
+def _relay(settings: Settings) -> Relay:
+    # Never more failures than a request has attempts: an outage must open the circuit
+    # before any request could run out of retries because of it.
+    threshold = min(settings.smtp.circuit_threshold, settings.email.max_retries + 1)
+    return Relay(CircuitBreaker(threshold=threshold))
+
+
+async def _handler(
+    stack: AsyncExitStack,
+    settings: Settings,
+    preparer: Preparer,
+    sender: SmtpSender,
+    metrics: Metrics,
+    health: Health,
+    limiter: SendRateLimiter,
+    tracing: Tracing,
+) -> RequestHandler:
+    """The handler with its adapters (each closed by ``stack``) and outcome reporting."""
+    email = settings.email
+    return RequestHandler(
+        preparer=preparer,
+        ports=await _ports(stack, settings, sender, metrics),
+        outcomes=Outcomes(
+            metrics=metrics,
+            events=await _events(stack, settings, metrics, health),
+            sender_domain=parse_address(email.sender, allow_special_use=True).domain,
+        ),
+        policy=RetryPolicy(max_retries=email.max_retries, delays=email.retry_delays),
+        metrics=metrics,
+        health=health,
+        relay=health.relay,
+        limiter=limiter,
+        tracing=tracing,
+    )
+
+
+def _preparer(settings: Settings) -> Preparer:
+    """Templates, the message builder (with its DKIM key) and the request limits."""
+    email = settings.email
+    return Preparer(
+        renderer=TemplateRenderer(email.templates_dir, render_timeout=email.render_timeout),
+        builder=MessageBuilder(email.sender, signer=dkim_signer(settings.dkim)),
+        limits=_limits(settings),
+        allowed_domains=email.allowed_domains,
+    )
+
+
+async def _ports(
+    stack: AsyncExitStack, settings: Settings, sender: SmtpSender, metrics: Metrics
+) -> Ports:
+    """The handler's adapters, each closed by ``stack``."""
+    email = settings.email
+    return Ports(
+        sender=sender,
+        dead_letters=await stack.enter_async_context(KafkaDeadLetterSink(settings.kafka)),
+        sent_log=await stack.enter_async_context(_sent_log(settings.dedup)),
+        suppressor=await _suppressor(stack, settings, metrics),
+        fetcher=await stack.enter_async_context(
+            HttpsAttachmentFetcher(
+                hosts=email.attachment_url_hosts,
+                ca_file=email.attachment_ca_file,
+                timeout=email.attachment_fetch_timeout,
+            )
+        ),
+    )
 
 
 def dkim_signer(settings: DkimSettings) -> DkimSigner | None:

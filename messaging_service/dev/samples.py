@@ -69,33 +69,7 @@ def samples() -> list[Sample]:
             },
             Outcome.SENT,
         ),
-        # German (de-AT falls back to de), with an invoice attached and a logo shown inline:
-        # the layout shows the image whose content_id the data names as logo_cid.
-        Sample(
-            {
-                "id": "sample-invoice-attached",
-                "template": "order_confirmation",
-                "locale": "de-AT",
-                "to": "Hedy Lamarr <hedy@example.com>",
-                "data": {
-                    "name": "Hedy",
-                    "order_id": "A-1002",
-                    "items": [{"name": "Kaffeebohnen", "quantity": 1, "price": "12.50"}],
-                    "total": "12.50",
-                    "logo_cid": "logo",
-                },
-                "attachments": [
-                    {"filename": "Rechnung-A-1002.pdf", "content": _b64(_invoice_pdf())},
-                    {"filename": "logo.png", "content": _b64(_logo_png()), "content_id": "logo"},
-                ],
-                "list_unsubscribe": {"url": "https://shop.example.com/unsubscribe/hedy"},
-                "headers": {"List-Id": "Shop orders <orders.shop.example.com>"},
-                "tags": ["order", "invoice"],
-                "metadata": {"order_id": "A-1002"},
-            },
-            Outcome.SENT,
-            label="order_confirmation (de-AT) with an attachment and an inline image",
-        ),
+        _invoice_sample(),
         # A template variable is missing: rendering fails, a permanent error, dead-lettered
         # at once with the reason and the message in its headers.
         Sample(
@@ -110,6 +84,38 @@ def samples() -> list[Sample]:
             label="password_reset without reset_url",
         ),
     ]
+
+
+def _invoice_sample() -> Sample:
+    """German (de-AT falls back to de), with an invoice attached and a logo shown inline.
+
+    The layout shows the image whose content_id the data names as logo_cid.
+    """
+    return Sample(
+        {
+            "id": "sample-invoice-attached",
+            "template": "order_confirmation",
+            "locale": "de-AT",
+            "to": "Hedy Lamarr <hedy@example.com>",
+            "data": {
+                "name": "Hedy",
+                "order_id": "A-1002",
+                "items": [{"name": "Kaffeebohnen", "quantity": 1, "price": "12.50"}],
+                "total": "12.50",
+                "logo_cid": "logo",
+            },
+            "attachments": [
+                {"filename": "Rechnung-A-1002.pdf", "content": _b64(_invoice_pdf())},
+                {"filename": "logo.png", "content": _b64(_logo_png()), "content_id": "logo"},
+            ],
+            "list_unsubscribe": {"url": "https://shop.example.com/unsubscribe/hedy"},
+            "headers": {"List-Id": "Shop orders <orders.shop.example.com>"},
+            "tags": ["order", "invoice"],
+            "metadata": {"order_id": "A-1002"},
+        },
+        Outcome.SENT,
+        label="order_confirmation (de-AT) with an attachment and an inline image",
+    )
 
 
 def _b64(data: bytes) -> str:

@@ -10,70 +10,49 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from messaging_service.core.attachments import (
     AttachmentPart,
-    AttachmentSource,
     RemoteAttachment,
-    resolve,
     total_size,
-)
-from messaging_service.core.contract import (
-    EmailRequest,
-    RequestLimits,
-    check_recipient_domains,
-    guess_request_id,
-    parse_request,
 )
 from messaging_service.core.events import (
     EventType,
-    OutcomeEvent,
-    RecipientResult,
     RecipientStatus,
-    outcome_event,
-    recipient_results,
-    request_facts,
 )
-from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.ports import AttachmentFetcher, DeadLetterSink, Sender, SentLog
 from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.suppression import normalise_address
-from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import is_throttling
 from messaging_service.core.values import (
-    NO_LABELS,
     DeadLetter,
-    EmailLabels,
     FailureReason,
-    InboundRecord,
     Outcome,
     OutgoingEmail,
     RecipientRefusal,
-    RenderedEmail,
     SendReport,
 )
 from messaging_service.errors import (
     AttachmentError,
     AttachmentUnavailableError,
     DeadLetterUnavailableError,
-    InvalidPayloadError,
-    RecipientNotAllowedError,
     SentLogUnavailableError,
     ServiceError,
     SmtpError,
     SmtpRejectedError,
     SmtpTransientError,
     SmtpUnavailableError,
-    TemplateError,
 )
+from messaging_service.service.delivery import Delivery, Parked, RetryIn, Step, Unfetched
 from messaging_service.service.health import Health
+from messaging_service.service.outcomes import Outcomes
+from messaging_service.service.preparer import Preparer
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
-from messaging_service.service.reporter import EventReporter
 from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.metrics import Metrics
 from messaging_service.telemetry.tracing import (
@@ -87,60 +66,15 @@ from messaging_service.telemetry.tracing import (
 log = structlog.get_logger(__name__)
 
 
-@dataclass(slots=True, eq=False)
-class Unfetched:
-    """Rendered, but with attachment URLs still to fetch (I/O, so not in ``prepare``).
-
-    Fetched bytes replace their RemoteAttachment here, so a retry fetches only what is missing.
-    """
-
-    request: EmailRequest
-    rendered: RenderedEmail
-    attachments: list[AttachmentSource]
-
-
-@dataclass(slots=True, eq=False)
-class Delivery:
-    """The state of one request across its attempts; owned by whoever holds it now."""
-
-    record: InboundRecord
-    email_id: str | None = None
-    email: OutgoingEmail | None = None
-    attempts: int = 0
-    dead_letter: DeadLetter | None = None
-    publish_failures: int = 0
-    unexpected_failures: int = 0
-    refusal: tuple[FailureReason, Exception] | None = None
-    """Why preparing it failed (it is dead-lettered by its next step), if it did."""
-    unfetched: Unfetched | None = None
-    labels: EmailLabels = NO_LABELS
-    """Template, locale, tags and metadata, once the request was read: logged with outcomes."""
-    request: EmailRequest | None = None
-    suppressed: frozenset[str] = frozenset()
-    """Recipients dropped from the last attempt because they are on the suppression list."""
-    final_event: OutcomeEvent | None = None
-    """Its outcome is decided; it is finished once the broker acknowledged this event."""
-    outcome: Outcome | None = None
-    event_failures: int = 0
-    trace: RequestTrace = NO_TRACE
-
-
 @dataclass(frozen=True, slots=True)
-class Finished:
-    outcome: Outcome
+class Ports:
+    """What the handler reaches the outside world through: the adapters, by their Protocols."""
 
-
-@dataclass(frozen=True, slots=True)
-class RetryIn:
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Parked:
-    """The relay is down (circuit open): hold the delivery until it is back; no attempt spent."""
-
-
-Step = Finished | RetryIn | Parked
+    sender: Sender
+    dead_letters: DeadLetterSink
+    sent_log: SentLog | None = None
+    suppressor: Suppressor | None = None
+    fetcher: AttachmentFetcher | None = None
 
 
 class RequestHandler:
@@ -149,81 +83,42 @@ class RequestHandler:
     def __init__(
         self,
         *,
-        renderer: TemplateRenderer,
-        builder: MessageBuilder,
-        sender: Sender,
-        dead_letters: DeadLetterSink,
+        preparer: Preparer,
+        ports: Ports,
+        outcomes: Outcomes,
         policy: RetryPolicy,
         metrics: Metrics,
         health: Health,
         relay: Relay | None = None,
         limiter: SendRateLimiter | None = None,
-        sent_log: SentLog | None = None,
         dead_letter_backoff: Backoff | None = None,
-        clock: Callable[[], float] = time.time,
-        limits: RequestLimits | None = None,
-        allowed_domains: tuple[str, ...] = (),
-        fetcher: AttachmentFetcher | None = None,
-        events: EventReporter | None = None,
-        suppressor: Suppressor | None = None,
-        sender_domain: str = "localhost",
         tracing: Tracing = NO_TRACING,
     ) -> None:
-        self._renderer = renderer
-        self._builder = builder
-        self._sender = sender
-        self._dead_letters = dead_letters
+        self._preparer = preparer
+        self._sender = ports.sender
+        self._dead_letters = ports.dead_letters
+        self._sent_log = ports.sent_log
+        self._suppressor = ports.suppressor
+        self._fetcher = ports.fetcher
+        self._outcomes = outcomes
         self._policy = policy
         self._metrics = metrics
         self._health = health
         self._relay = relay if relay is not None else health.relay
         self._limiter = limiter
-        self._sent_log = sent_log
         self._backoff = dead_letter_backoff or Backoff()
-        self._clock = clock
-        self._limits = limits or RequestLimits()
-        self._allowed_domains = allowed_domains
-        self._fetcher = fetcher
-        self._events = events
-        self._suppressor = suppressor
-        self._sender_domain = sender_domain
         self._tracing = tracing
 
     def prepare(self, delivery: Delivery) -> None:
-        """Parse, check and render the request into wire bytes, once; no I/O, never awaits.
-
-        The pipeline calls this before a delivery waits for a worker, so a worker freed by
-        the relay's reply can send at once instead of rendering first. A request that cannot
-        be prepared keeps its reason, and its next step dead-letters it. Other exceptions
-        (bugs) propagate; the delivery stays unprepared and ``process`` tries again.
-        """
-        if delivery.email is not None or delivery.refusal is not None:
-            return
-        if delivery.unfetched is not None:
-            return
-        try:
-            with self._trace(delivery).active():
-                prepared = self._prepare(delivery)
-        except InvalidPayloadError as exc:
-            delivery.refusal = (FailureReason.INVALID_PAYLOAD, exc)
-        except RecipientNotAllowedError as exc:
-            delivery.refusal = (FailureReason.RECIPIENT_NOT_ALLOWED, exc)
-        except TemplateError as exc:
-            delivery.refusal = (FailureReason.TEMPLATE_ERROR, exc)
-        except AttachmentError as exc:
-            delivery.refusal = (FailureReason.ATTACHMENT_ERROR, exc)
-        else:
-            if isinstance(prepared, Unfetched):
-                delivery.unfetched = prepared
-            else:
-                delivery.email = prepared
-                delivery.labels = prepared.labels
+        """Parse, check and render ahead of the worker (see ``Preparer.prepare``)."""
+        with self._trace(delivery).active():
+            self._preparer.prepare(delivery)
 
     async def process(self, delivery: Delivery) -> Step:
         """Run the next step: first attempt, a retry, or a dead-letter or event publish."""
         with self._trace(delivery).active():
             if delivery.final_event is not None:
-                return await self._report(delivery)
+                return await self._outcomes.report(delivery)
             if delivery.dead_letter is not None:
                 return await self._publish(delivery)
             if delivery.email is None and delivery.refusal is None and delivery.unfetched is None:
@@ -257,7 +152,7 @@ class RequestHandler:
         self._metrics.unexpected_errors.inc()
         log.error("unexpected_error", exc_info=error, attempt=delivery.attempts)
         if delivery.final_event is not None:
-            return await self._report(delivery)
+            return await self._outcomes.report(delivery)
         if delivery.dead_letter is not None:
             return await self._publish(delivery)
         delivery.unexpected_failures += 1
@@ -266,48 +161,13 @@ class RequestHandler:
             return RetryIn(delay)
         return await self._dead_letter(delivery, FailureReason.RETRIES_EXHAUSTED, error)
 
-    def _prepare(self, delivery: Delivery) -> OutgoingEmail | Unfetched:
-        value = delivery.record.value
-        try:
-            request = parse_request(value, self._limits)
-        except InvalidPayloadError:
-            # An oversized record is not parsed again just to find its id.
-            small = value is not None and len(value) <= self._limits.max_record_bytes
-            delivery.email_id = guess_request_id(value) if small else None
-            raise
-        delivery.email_id = request.id
-        delivery.labels = EmailLabels(
-            template=request.template, tags=tuple(request.tags), metadata=request.metadata
-        )
-        delivery.request = request  # for the outcome events
-        check_recipient_domains(request, self._allowed_domains)
-        if not request.attachments:
-            return self._builder.build(request, self._render(delivery, request))
-        limits = self._limits
-        attachments = resolve(
-            request.attachments,
-            max_bytes=limits.max_attachment_bytes,
-            url_hosts=limits.attachment_url_hosts,
-        )
-        rendered = self._render(delivery, request)
-        if rendered.html is None and any(part.content_id for part in attachments):
-            raise AttachmentError("an attachment with content_id (inline) needs an HTML body")
-        ready = [part for part in attachments if isinstance(part, AttachmentPart)]
-        if len(ready) < len(attachments):
-            return Unfetched(request, rendered, attachments)
-        return self._builder.build(request, rendered, ready)
-
-    def _render(self, delivery: Delivery, request: EmailRequest) -> RenderedEmail:
-        with delivery.trace.render():
-            return self._renderer.render(request)
-
     async def _fetch(self, delivery: Delivery, unfetched: Unfetched) -> Step | None:
         """Fetch the attachment URLs still missing, then build; a Step when that failed."""
         parts = unfetched.attachments
         for index, part in enumerate(parts):
             if not isinstance(part, RemoteAttachment):
                 continue
-            budget = self._limits.max_attachment_bytes - total_size(parts)
+            budget = self._preparer.limits.max_attachment_bytes - total_size(parts)
             try:
                 if self._fetcher is None:
                     raise AttachmentError("attachment URLs are not fetched by this service")
@@ -330,7 +190,7 @@ class RequestHandler:
                 )
                 return RetryIn(delay)
         complete = [part for part in parts if isinstance(part, AttachmentPart)]
-        delivery.email = self._builder.build(unfetched.request, unfetched.rendered, complete)
+        delivery.email = self._preparer.complete(unfetched, complete)
         delivery.labels = delivery.email.labels
         delivery.unfetched = None
         return None
@@ -342,12 +202,13 @@ class RequestHandler:
         if remaining is None:
             self._metrics.suppressed.inc()
             log.info("email_suppressed", recipients=len(delivery.suppressed))
-            return await self._conclude(
-                delivery, Outcome.SUPPRESSED, self._recipients(delivery, RecipientStatus.SUPPRESSED)
+            return await self._outcomes.conclude(
+                delivery,
+                Outcome.SUPPRESSED,
+                self._outcomes.recipients(delivery, RecipientStatus.SUPPRESSED),
             )
         email = remaining
-        relay = self._relay
-        if relay.circuit_open:
+        if self._relay.circuit_open:
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
             return Parked()
         if self._limiter is not None:
@@ -358,33 +219,56 @@ class RequestHandler:
         started = time.perf_counter()
         try:
             report = await self._send(delivery, email)
-        except SmtpRejectedError as exc:
+        except SmtpError as exc:
+            return await self._failed(delivery, exc, started)
+        self._observe_attempt(started, None)
+        self._relay_answered()
+        return await self._sent(delivery, email, report)
+
+    async def _send(self, delivery: Delivery, email: OutgoingEmail) -> SendReport:
+        """One SMTP attempt, in a span of its own with the relay's reply code."""
+        with delivery.trace.attempt(delivery.attempts) as span:
+            try:
+                report = await self._sender.send(email)
+            except SmtpError as exc:
+                span.reply(exc.code, error=exc)
+                raise
+            except Exception as exc:
+                span.reply(None, error=exc)
+                raise
+            span.reply(250)
+            return report
+
+    async def _failed(self, delivery: Delivery, exc: SmtpError, started: float) -> Step:
+        """An attempt the relay refused, deferred, or could not take at all."""
+        if isinstance(exc, SmtpRejectedError):
             self._observe_attempt(started, "rejected")
             self._relay_answered()
             await self._hard_bounced(exc.refusals)
             return await self._dead_letter(
                 delivery, FailureReason.SMTP_REJECTED, exc, code=exc.code
             )
-        except SmtpUnavailableError as exc:
+        if isinstance(exc, SmtpUnavailableError):
             self._observe_attempt(started, "unavailable")
-            if relay.unreachable():
+            if self._relay.unreachable():
                 # An outage is nobody's fault: this attempt does not count.
                 delivery.attempts -= 1
                 log.warning("email_parked", reason="smtp_circuit_open", error=str(exc))
                 return Parked()
             return await self._transient(delivery, exc)
-        except SmtpTransientError as exc:
-            self._observe_attempt(started, "transient")
-            await self._hard_bounced(exc.refusals)
-            if exc.code is None:
-                relay.unreachable(counts=False)
-            else:
-                self._relay_answered()
-                if is_throttling(exc.code):
-                    self._throttled(exc.code)
-            return await self._transient(delivery, exc)
-        self._observe_attempt(started, None)
-        self._relay_answered()
+        if not isinstance(exc, SmtpTransientError):
+            raise exc  # a kind the adapter does not raise: a bug, recovered as one
+        self._observe_attempt(started, "transient")
+        await self._hard_bounced(exc.refusals)
+        if exc.code is None:
+            self._relay.unreachable(counts=False)
+        else:
+            self._relay_answered()
+            if is_throttling(exc.code):
+                self._throttled(exc.code)
+        return await self._transient(delivery, exc)
+
+    async def _sent(self, delivery: Delivery, email: OutgoingEmail, report: SendReport) -> Step:
         for refusal in report.refused:
             self._metrics.recipients_refused.inc()
             log.warning(
@@ -404,31 +288,19 @@ class RequestHandler:
         # keeps email_sent_total from lagging behind the relay by a store round trip.
         await self._remember(email.email_id)
         await self._hard_bounced(report.refused)
-        return await self._conclude(
+        return await self._outcomes.conclude(
             delivery,
             Outcome.SENT,
-            self._recipients(delivery, RecipientStatus.ACCEPTED, report.refused),
+            self._outcomes.recipients(delivery, RecipientStatus.ACCEPTED, report.refused),
         )
-
-    async def _send(self, delivery: Delivery, email: OutgoingEmail) -> SendReport:
-        """One SMTP attempt, in a span of its own with the relay's reply code."""
-        with delivery.trace.attempt(delivery.attempts) as span:
-            try:
-                report = await self._sender.send(email)
-            except SmtpError as exc:
-                span.reply(exc.code, error=exc)
-                raise
-            except Exception as exc:
-                span.reply(None, error=exc)
-                raise
-            span.reply(250)
-            return report
 
     async def _duplicate(self, delivery: Delivery) -> Step:
         self._metrics.duplicates_skipped.inc()
         log.info("email_duplicate_skipped", attempts=delivery.attempts)
-        return await self._conclude(
-            delivery, Outcome.DUPLICATE, self._recipients(delivery, RecipientStatus.NOT_SENT)
+        return await self._outcomes.conclude(
+            delivery,
+            Outcome.DUPLICATE,
+            self._outcomes.recipients(delivery, RecipientStatus.NOT_SENT),
         )
 
     def _relay_answered(self) -> None:
@@ -485,11 +357,11 @@ class RequestHandler:
             smtp_code=exc.code,
             error=str(exc),
         )
-        if self._events is not None:
-            recipients = self._recipients(delivery, RecipientStatus.DEFERRED, exc.refusals)
-            event = self._event(delivery, EventType.DEFERRED, recipients, error=exc)
+        if self._outcomes.events is not None:
+            recipients = self._outcomes.recipients(delivery, RecipientStatus.DEFERRED, exc.refusals)
+            event = self._outcomes.event(delivery, EventType.DEFERRED, recipients, error=exc)
             with delivery.trace.publish(Publish.EVENT) as headers:
-                await self._events.deferred(
+                await self._outcomes.events.deferred(
                     dataclasses.replace(event, retry_in=delay, trace_headers=tuple(headers))
                 )
         return RetryIn(delay)
@@ -545,80 +417,13 @@ class RequestHandler:
             **delivery.labels.log_fields(),
         )
         refusals = letter.error.refusals if isinstance(letter.error, SmtpError) else ()
-        return await self._conclude(
+        return await self._outcomes.conclude(
             delivery,
             Outcome.DEAD_LETTERED,
-            self._recipients(delivery, RecipientStatus.FAILED, refusals),
+            self._outcomes.recipients(delivery, RecipientStatus.FAILED, refusals),
         )
 
     # Outcome events and the suppression list
-
-    async def _conclude(
-        self, delivery: Delivery, outcome: Outcome, recipients: list[RecipientResult]
-    ) -> Step:
-        """The outcome is decided: publish its final event (if events are on), then finish."""
-        if self._events is None:
-            return self._finished(delivery, outcome)
-        delivery.outcome = outcome
-        delivery.final_event = self._event(delivery, _EVENT_TYPES[outcome], recipients)
-        return await self._report(delivery)
-
-    async def _report(self, delivery: Delivery) -> Step:
-        event, outcome = delivery.final_event, delivery.outcome
-        assert event is not None
-        assert outcome is not None
-        assert self._events is not None
-        with delivery.trace.publish(Publish.EVENT) as headers:
-            if headers:
-                event = dataclasses.replace(event, trace_headers=tuple(headers))
-            delay = await self._events.final(event, failures=delivery.event_failures)
-        if delay is not None:
-            delivery.event_failures += 1
-            return RetryIn(delay)
-        return self._finished(delivery, outcome)
-
-    def _finished(self, delivery: Delivery, outcome: Outcome) -> Step:
-        self._finish(delivery, outcome)
-        return Finished(outcome)
-
-    def _event(
-        self,
-        delivery: Delivery,
-        type_: EventType,
-        recipients: list[RecipientResult],
-        *,
-        error: Exception | None = None,
-    ) -> OutcomeEvent:
-        letter = delivery.dead_letter
-        return outcome_event(
-            type_,
-            record=delivery.record,
-            facts=request_facts(
-                delivery.request,
-                delivery.labels,
-                request_id=delivery.email_id,
-                domain=self._sender_domain,
-            ),
-            time=self._clock(),
-            attempt=delivery.attempts,
-            recipients=recipients,
-            error=error if error is not None or letter is None else letter.error,
-            failure=None if letter is None else letter.reason.value,
-        )
-
-    def _recipients(
-        self,
-        delivery: Delivery,
-        status: RecipientStatus,
-        refusals: Sequence[RecipientRefusal] = (),
-    ) -> list[RecipientResult]:
-        request = delivery.request
-        return recipient_results(
-            () if request is None else request.envelope_recipients,
-            status=status,
-            suppressed=delivery.suppressed,
-            refusals=refusals,
-        )
 
     async def _without_suppressed(
         self, delivery: Delivery, email: OutgoingEmail
@@ -643,21 +448,6 @@ class RequestHandler:
         self._metrics.send_duration.observe(time.perf_counter() - started)
         if error_kind is not None:
             self._metrics.send_errors.labels(error_kind).inc()
-
-    def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
-        delivery.trace.end(outcome)
-        timestamp_ms = delivery.record.timestamp_ms
-        if timestamp_ms is not None and timestamp_ms > 0:
-            elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)
-            self._metrics.end_to_end.labels(outcome.value).observe(elapsed)
-
-
-_EVENT_TYPES = {
-    Outcome.SENT: EventType.SENT,
-    Outcome.DEAD_LETTERED: EventType.FAILED,
-    Outcome.DUPLICATE: EventType.DUPLICATE,
-    Outcome.SUPPRESSED: EventType.SUPPRESSED,
-}
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

@@ -32,14 +32,8 @@ from messaging_service.core.offsets import PartitionOffsets
 from messaging_service.core.retry import Backoff
 from messaging_service.core.values import InboundRecord, Outcome
 from messaging_service.core.watchdog import Watchdog
-from messaging_service.service.handler import (
-    Delivery,
-    Finished,
-    Parked,
-    RequestHandler,
-    RetryIn,
-    Step,
-)
+from messaging_service.service.delivery import Delivery, Finished, Parked, RetryIn, Step
+from messaging_service.service.handler import RequestHandler
 from messaging_service.service.pool import CURRENT_WORKER, Job, JobStatus, PoolClosedError
 from messaging_service.service.relay import Relay
 from messaging_service.service.scheduler import DelayQueue, SchedulerClosedError

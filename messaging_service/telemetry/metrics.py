@@ -46,6 +46,13 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._outcomes(registry)
+        self._stores(registry)
+        self._kafka(registry)
+        self._timings(registry)
+
+    def _outcomes(self, registry: CollectorRegistry) -> None:
+        """What happened to requests and attempts."""
         self.consumed = Counter(
             _PREFIX + "requests_consumed", "Requests read from the topic.", registry=registry
         )
@@ -93,6 +100,14 @@ class Metrics:
             "once without processing.",
             registry=registry,
         )
+        self.unexpected_errors = Counter(
+            _PREFIX + "unexpected_errors",
+            "Exceptions no adapter translated (bugs); the request is retried, then dead-lettered.",
+            registry=registry,
+        )
+
+    def _stores(self, registry: CollectorRegistry) -> None:
+        """The sent-id record, outcome events and the suppression list."""
         self.dedup_unavailable = Counter(
             _PREFIX + "dedup_unavailable",
             "Sent-id store operations that failed (seen or record); sending went on regardless.",
@@ -131,6 +146,9 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+
+    def _kafka(self, registry: CollectorRegistry) -> None:
+        """Offsets, commits, revocations and partition resets."""
         self.commits = Counter(
             _PREFIX + "offset_commits", "Successful offset commits.", registry=registry
         )
@@ -159,11 +177,9 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self.unexpected_errors = Counter(
-            _PREFIX + "unexpected_errors",
-            "Exceptions no adapter translated (bugs); the request is retried, then dead-lettered.",
-            registry=registry,
-        )
+
+    def _timings(self, registry: CollectorRegistry) -> None:
+        """Durations: one SMTP attempt, and record to outcome."""
         self.send_duration = Histogram(
             _PREFIX + "send_duration_seconds",
             "Duration of one SMTP attempt.",
@@ -188,13 +204,27 @@ class _LiveCollector(Collector):
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._pool()
+        yield from self._offsets()
+        yield from self._relay()
+        yield from self._health()
+
+    def _pool(self) -> Iterator[Metric]:
         pool = self._state.pool()
+        for field in ("completed", "failed", "panicked"):
+            counter = CounterMetricFamily(
+                _PREFIX + f"pool_jobs_{field}", f"Worker pool jobs {field}."
+            )
+            counter.add_metric([], pool[field])
+            yield counter
         yield _gauge("worker_pool_size", "Workers in the pool.", pool["size"])
         yield _gauge("workers_busy", "Workers running a request now.", pool["running"])
         yield _gauge("queue_depth", "Requests queued in front of the workers.", pool["queued"])
         yield _gauge(
             "retry_waiting", "Requests waiting for their next retry.", self._state.retry_waiting()
         )
+
+    def _offsets(self) -> Iterator[Metric]:
         yield _gauge(
             "in_flight_requests",
             "Requests consumed and not yet finished (queued, running or waiting).",
@@ -216,6 +246,17 @@ class _LiveCollector(Collector):
             "Partitions of the requests topic assigned to this process.",
             self._state.assigned_partitions(),
         )
+        oldest = GaugeMetricFamily(
+            _PREFIX + "oldest_unfinished_seconds",
+            "Seconds since the oldest unfinished request of each assigned partition was "
+            "admitted (0 when none is unfinished); its offset holds the partition's commits.",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), seconds in sorted(self._state.oldest_unfinished().items()):
+            oldest.add_metric([topic, str(partition)], seconds)
+        yield oldest
+
+    def _relay(self) -> Iterator[Metric]:
         yield _gauge(
             "smtp_circuit_open",
             "1 while the relay circuit is open: sends stopped, consumption paused, probing.",
@@ -237,27 +278,14 @@ class _LiveCollector(Collector):
             "Emails per second the service allows itself now (+Inf: no limit); cut on throttling.",
             math.inf if rate is None else rate,
         )
+
+    def _health(self) -> Iterator[Metric]:
         yield _gauge(
             "seconds_since_progress",
             "Seconds requests have waited for a worker with none finishing (0 when none waits "
             "or the circuit is open); /healthz fails past WATCHDOG_TIMEOUT.",
             self._state.stalled_seconds(),
         )
-        oldest = GaugeMetricFamily(
-            _PREFIX + "oldest_unfinished_seconds",
-            "Seconds since the oldest unfinished request of each assigned partition was "
-            "admitted (0 when none is unfinished); its offset holds the partition's commits.",
-            labels=["topic", "partition"],
-        )
-        for (topic, partition), seconds in sorted(self._state.oldest_unfinished().items()):
-            oldest.add_metric([topic, str(partition)], seconds)
-        yield oldest
-        for field in ("completed", "failed", "panicked"):
-            counter = CounterMetricFamily(
-                _PREFIX + f"pool_jobs_{field}", f"Worker pool jobs {field}."
-            )
-            counter.add_metric([], pool[field])
-            yield counter
         ready = GaugeMetricFamily(
             _PREFIX + "readiness_check", "1 when the readiness check passes.", labels=["check"]
         )

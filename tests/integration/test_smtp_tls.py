@@ -23,10 +23,11 @@ from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import OutgoingEmail
 from messaging_service.errors import SmtpTransientError
-from messaging_service.service.handler import Delivery, RequestHandler, RetryIn
+from messaging_service.service.delivery import Delivery, RetryIn
 from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, record
+from support.handler import make_handler
 from support.smtp_server import SmtpTestServer
 
 pytestmark = [
@@ -179,7 +180,7 @@ async def test_the_handler_retries_an_untrusted_relay_and_logs_why(pki: Pki) -> 
     async with tls_relay(pki, "starttls") as relay:
         settings = settings_for(relay, security=SmtpSecurity.STARTTLS, ca_file=pki.other_ca_file)
         async with SmtpSender(settings, max_connections=1) as smtp:
-            handler = RequestHandler(
+            handler = make_handler(
                 renderer=TemplateRenderer(),
                 builder=MessageBuilder(SENDER),
                 sender=smtp,

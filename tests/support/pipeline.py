@@ -19,7 +19,6 @@ from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import InboundRecord
 from messaging_service.core.watchdog import Watchdog
-from messaging_service.service.handler import RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.service.lifecycle import Lifecycle
 from messaging_service.service.pipeline import Pipeline, PipelineSettings
@@ -27,6 +26,7 @@ from messaging_service.service.pool import WorkerPool
 from messaging_service.service.relay import Relay
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSource
+from support.handler import make_handler
 
 TP = TopicPartition("email.requests", 0)
 
@@ -78,7 +78,7 @@ async def running(
     dead_letters = dead_letters if dead_letters is not None else FakeDeadLetters()
     watchdog = watchdog if watchdog is not None else Watchdog(0)
     async with WorkerPool(size=workers, capacity=buffer) as pool:
-        handler = RequestHandler(
+        handler = make_handler(
             renderer=renderer or TemplateRenderer(),
             builder=MessageBuilder("shop@example.com"),
             sender=sender,

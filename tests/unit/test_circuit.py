@@ -17,12 +17,13 @@ from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.throttle import AdaptiveRate
 from messaging_service.core.values import InboundRecord, Outcome, OutgoingEmail, SendReport
 from messaging_service.errors import SmtpTransientError, SmtpUnavailableError
-from messaging_service.service.handler import Delivery, Finished, Parked, RequestHandler, RetryIn
+from messaging_service.service.delivery import Delivery, Finished, Parked, RetryIn
 from messaging_service.service.health import Health
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay as RelayState
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
+from support.handler import make_handler
 from support.pipeline import TP, running
 
 
@@ -69,7 +70,7 @@ class Harness:
         self.relay = RelayState(self.circuit)
         self.health = Health(relay=self.relay)
         self.limiter = SendRateLimiter(AdaptiveRate(rate))
-        self.handler = RequestHandler(
+        self.handler = make_handler(
             renderer=TemplateRenderer(),
             builder=MessageBuilder("shop@example.com"),
             sender=sender,

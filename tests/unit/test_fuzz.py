@@ -28,10 +28,11 @@ from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import Outcome
-from messaging_service.service.handler import Delivery, Finished, RequestHandler
+from messaging_service.service.delivery import Delivery, Finished
 from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
+from support.handler import make_handler
 
 pytestmark = pytest.mark.fuzz
 
@@ -160,7 +161,7 @@ class Run:
         self.registry = CollectorRegistry()
         self.sender = FakeSender()
         self.dead_letters = FakeDeadLetters()
-        self.handler = RequestHandler(
+        self.handler = make_handler(
             renderer=RENDERER,
             builder=MessageBuilder("Shop <shop@example.com>"),
             sender=self.sender,

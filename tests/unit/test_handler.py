@@ -14,10 +14,11 @@ from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import FailureReason, Outcome, RecipientRefusal, SendReport
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
-from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
+from messaging_service.service.delivery import Delivery, Finished, RetryIn
 from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
+from support.handler import make_handler
 
 RENDERER = TemplateRenderer()
 
@@ -28,7 +29,7 @@ class Harness:
         self.dead_letters = dead_letters or FakeDeadLetters()
         self.registry = CollectorRegistry()
         self.health = Health()
-        self.handler = RequestHandler(
+        self.handler = make_handler(
             renderer=RENDERER,
             builder=MessageBuilder("Shop <shop@example.com>"),
             sender=sender,

@@ -17,10 +17,12 @@ from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import FailureReason, Outcome
 from messaging_service.errors import AttachmentError, AttachmentUnavailableError
-from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
+from messaging_service.service.delivery import Delivery, Finished, RetryIn
+from messaging_service.service.handler import RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeFetcher, FakeSender, FakeSentLog, record
+from support.handler import make_handler
 
 RENDERER = TemplateRenderer()
 HOSTS = ("files.example.com",)
@@ -30,7 +32,7 @@ TERMS = {"filename": "terms.pdf", "url": "https://files.example.com/terms.pdf"}
 def handler(
     sender: FakeSender, dead: FakeDeadLetters, fetcher: FakeFetcher | None = None, **limits: Any
 ) -> RequestHandler:
-    return RequestHandler(
+    return make_handler(
         renderer=RENDERER,
         builder=MessageBuilder("Shop <shop@example.com>"),
         sender=sender,
@@ -170,7 +172,7 @@ async def test_outcome_logs_name_template_locale_tags_and_metadata() -> None:
 async def test_a_request_already_sent_is_not_fetched_again() -> None:
     sent_log = FakeSentLog("a-1")
     fetcher = FakeFetcher(b"never")
-    subject = RequestHandler(
+    subject = make_handler(
         renderer=RENDERER,
         builder=MessageBuilder("Shop <shop@example.com>"),
         sender=FakeSender(),

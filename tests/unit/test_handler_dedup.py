@@ -12,10 +12,11 @@ from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import Outcome
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
-from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
+from messaging_service.service.delivery import Delivery, Finished, RetryIn
 from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, FakeSentLog, record, unavailable
+from support.handler import make_handler
 
 RENDERER = TemplateRenderer()
 
@@ -31,7 +32,7 @@ class Harness:
         self.sent_log = sent_log
         self.dead_letters = FakeDeadLetters()
         self.registry = CollectorRegistry()
-        self.handler = RequestHandler(
+        self.handler = make_handler(
             renderer=RENDERER,
             builder=MessageBuilder("Shop <shop@example.com>"),
             sender=sender,

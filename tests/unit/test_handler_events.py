@@ -24,12 +24,13 @@ from messaging_service.errors import (
     SmtpTransientError,
     SuppressionUnavailableError,
 )
-from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
+from messaging_service.service.delivery import Delivery, Finished, RetryIn
 from messaging_service.service.health import Health
 from messaging_service.service.reporter import EventReporter
 from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeEvents, FakeSender, FakeSentLog, record
+from support.handler import make_handler
 
 RENDERER = TemplateRenderer()
 NOW = 1_700_000_001.0
@@ -53,7 +54,7 @@ class Harness:
         self.registry = CollectorRegistry()
         self.health = Health()
         metrics = Metrics(self.registry)
-        self.handler = RequestHandler(
+        self.handler = make_handler(
             renderer=RENDERER,
             builder=MessageBuilder("Shop <shop@example.com>"),
             sender=sender,

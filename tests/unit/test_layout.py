@@ -80,3 +80,57 @@ def test_the_operator_and_dev_commands_are_still_there() -> None:
     listing = CliRunner().invoke(main, ["--help"]).output
     for command in ("run", "config", "dev", "send", "render", "dlq"):
         assert f"  {command} " in listing
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the end of the function."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:] or body
+    assert node.end_lineno is not None
+    return node.end_lineno - body[0].lineno + 1
+
+
+def test_no_function_of_the_package_is_longer_than_sixty_lines() -> None:
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.name} ({_body_lines(node)} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _body_lines(node) > 60
+    ]
+    assert long == []
+
+
+ALLOWED = {
+    # Dependencies point inward: the pure core needs nothing else; the service never reaches
+    # an adapter except through the core's Protocols; adapters never reach the service.
+    "core": ("messaging_service.core", "messaging_service.errors"),
+    "service": (
+        "messaging_service.core",
+        "messaging_service.errors",
+        "messaging_service.service",
+        "messaging_service.telemetry",
+    ),
+    "adapters": (
+        "messaging_service.core",
+        "messaging_service.errors",
+        "messaging_service.adapters",
+        "messaging_service.config",
+        "messaging_service.tls",
+        "messaging_service.redaction",
+        "messaging_service.telemetry",
+    ),
+}
+
+
+def test_dependencies_point_inward() -> None:
+    wrong = []
+    for layer, allowed in ALLOWED.items():
+        for path in sorted((PACKAGE / layer).glob("*.py")):
+            module = f"messaging_service.{layer}.{path.stem}"
+            wrong += [
+                f"{module} imports {target}"
+                for target in sorted(_imports(module))
+                if not target.startswith(allowed)
+            ]
+    assert wrong == []

@@ -21,10 +21,12 @@ from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import FailureReason, Outcome
 from messaging_service.errors import InvalidPayloadError, RecipientNotAllowedError
-from messaging_service.service.handler import Delivery, Finished, RequestHandler
+from messaging_service.service.delivery import Delivery, Finished
+from messaging_service.service.handler import RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
+from support.handler import make_handler
 
 LIMITS = RequestLimits(
     max_record_bytes=2000, max_recipients=3, max_data_depth=3, max_data_bytes=200
@@ -212,8 +214,8 @@ def test_ordinary_arithmetic_still_works(tmp_path: Path) -> None:
 def harness(**options: Any) -> tuple[RequestHandler, FakeDeadLetters, CollectorRegistry]:
     dead_letters = FakeDeadLetters()
     registry = CollectorRegistry()
-    handler = RequestHandler(
-        renderer=TemplateRenderer(),
+    options.setdefault("renderer", TemplateRenderer())
+    handler = make_handler(
         builder=MessageBuilder("shop@example.com"),
         sender=FakeSender(),
         dead_letters=dead_letters,
@@ -253,8 +255,7 @@ async def test_a_render_timeout_is_dead_lettered_as_invalid_payload(tmp_path: Pa
         "{% for a in s %}{% for b in s %}{{ b }}{% endfor %}{% endfor %}",
         timeout=0.02,
     )
-    handler, dead_letters, _ = harness()
-    handler._renderer = renderer
+    handler, dead_letters, _ = harness(renderer=renderer)
     request = payload(template="hostile", subject=None, text=None, data={"s": "x" * 40_000})
     assert await handler.process(Delivery(record(request))) == Finished(Outcome.DEAD_LETTERED)
     [letter] = dead_letters.published

@@ -18,10 +18,12 @@ from messaging_service.core.values import (
     RenderedEmail,
     SendReport,
 )
-from messaging_service.service.handler import Delivery, Finished, RequestHandler
+from messaging_service.service.delivery import Delivery, Finished
+from messaging_service.service.handler import RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
+from support.handler import make_handler
 from support.pipeline import running
 
 
@@ -49,7 +51,7 @@ class HeldSender:
 
 
 def handler_with(sender: HeldSender | FakeSender, renderer: TemplateRenderer) -> RequestHandler:
-    return RequestHandler(
+    return make_handler(
         renderer=renderer,
         builder=MessageBuilder("shop@example.com"),
         sender=sender,

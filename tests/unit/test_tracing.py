@@ -27,7 +27,8 @@ from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import InboundRecord, Outcome
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
-from messaging_service.service.handler import Delivery, Finished, RequestHandler, RetryIn
+from messaging_service.service.delivery import Delivery, Finished, RetryIn
+from messaging_service.service.handler import RequestHandler
 from messaging_service.service.health import Health
 from messaging_service.service.reporter import EventReporter
 from messaging_service.telemetry.metrics import Metrics
@@ -41,6 +42,7 @@ from messaging_service.telemetry.tracing import (
     wanted_exporter,
 )
 from support.fakes import FakeDeadLetters, FakeEvents, FakeSender
+from support.handler import make_handler
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -67,7 +69,7 @@ def tracing(exporter: InMemorySpanExporter) -> Iterator[OtelTracing]:
 def handler_for(
     tracing: OtelTracing, sender: FakeSender, dead_letters: FakeDeadLetters | None = None
 ) -> RequestHandler:
-    return RequestHandler(
+    return make_handler(
         renderer=TemplateRenderer(),
         builder=MessageBuilder("Shop <shop@example.com>"),
         sender=sender,
@@ -207,7 +209,7 @@ async def test_outcome_events_carry_the_trace_context_of_their_publish_spans(
     events = FakeEvents()
     registry = CollectorRegistry()
     health = Health()
-    handler = RequestHandler(
+    handler = make_handler(
         renderer=TemplateRenderer(),
         builder=MessageBuilder("Shop <shop@example.com>"),
         sender=FakeSender(SmtpTransientError("451 try later", code=451)),
@@ -260,7 +262,7 @@ def test_close_exports_and_is_idempotent(exporter: InMemorySpanExporter) -> None
 
 
 async def test_without_tracing_a_delivery_keeps_the_shared_no_op() -> None:
-    handler = RequestHandler(
+    handler = make_handler(
         renderer=TemplateRenderer(),
         builder=MessageBuilder("Shop <shop@example.com>"),
         sender=FakeSender(),
