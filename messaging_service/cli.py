@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import shlex
 import signal
 import sys
@@ -23,6 +24,12 @@ from messaging_service.app import run_service
 from messaging_service.config import ConfigError, Settings, environment_items, load_settings
 from messaging_service.errors import ServiceError
 from messaging_service.telemetry.logging import configure_logging
+from messaging_service.telemetry.tracing import (
+    Publish,
+    Tracing,
+    TracingConfigError,
+    tracing_from_environment,
+)
 
 T = TypeVar("T")
 
@@ -79,14 +86,28 @@ def run() -> None:
     Exits 1 if the final offset commit failed (nothing is lost: Kafka delivers it again).
     """
     settings = settings_or_exit()
-    configure_logging(settings.log)
     try:
-        committed = _run_event_loop(_run(settings))
+        tracing = tracing_from_environment(
+            os.environ,
+            group_id=settings.kafka.group_id,
+            topics={
+                Publish.DEAD_LETTER: settings.kafka.dlq_topic,
+                Publish.EVENT: settings.kafka.events_topic,
+            },
+        )
+    except TracingConfigError as exc:
+        click.echo(f"messaging-service: {exc}", err=True)
+        sys.exit(2)
+    configure_logging(settings.log, processors=tracing.log_processors())
+    try:
+        committed = _run_event_loop(_run(settings, tracing))
     except ServiceError as exc:
         # A dependency that cannot be reached at start, or templates that do not compile:
         # exit non-zero with one clear line, and let the supervisor restart us.
         structlog.get_logger(__name__).error("service_failed", error=str(exc))
         sys.exit(1)
+    finally:
+        tracing.close()  # exports the spans still buffered
     if not committed:
         # Logged as final_commit_failed; nothing is lost, Kafka delivers it again.
         sys.exit(1)
@@ -101,7 +122,7 @@ def _run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-async def _run(settings: Settings) -> bool:
+async def _run(settings: Settings, tracing: Tracing) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     log = structlog.get_logger(__name__)
@@ -115,7 +136,7 @@ async def _run(settings: Settings) -> bool:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
-    return await run_service(settings, stop)
+    return await run_service(settings, stop, tracing=tracing)
 
 
 @main.command("config")
