@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # The messaging-service image: docker build -t messaging-service .
-# Runs `messaging-service run`; any other subcommand works too (docker run IMAGE config).
-# See docs/operations.md for deploying it.
+# Runs `messaging-service run`; the operator commands work too (docker run IMAGE config, send,
+# render, dlq). `dev` does not: its embedded broker and mail catcher (the `embedded` extra) are
+# not installed. See docs/operations.md for deploying it; scripts/image builds it with podman.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -14,15 +15,29 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 RUN python -m venv /opt/venv
 
-# The lock file alone decides this layer, so it stays cached until a dependency changes.
-# Hashes pin the exact files; wheels only, so no compiler is ever needed.
-COPY requirements.lock /tmp/requirements.lock
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --require-hashes --only-binary=:all: \
-        -r /tmp/requirements.lock
+# The lock files alone decide this layer, so it stays cached until a dependency changes.
+# Hashes pin the exact files; wheels only, so no compiler is ever needed. WITH_OTEL=true
+# installs requirements-otel.lock instead: the same pins plus the `otel` extra, for traces.
+ARG WITH_OTEL=false
+COPY requirements.lock requirements-otel.lock /tmp/
+RUN lock=/tmp/requirements.lock \
+    && if [ "$WITH_OTEL" = true ]; then lock=/tmp/requirements-otel.lock; fi \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps --require-hashes --only-binary=:all: \
+        -r "$lock"
+
+# The build backend (setuptools, wheel) at the versions of requirements-build.lock, in a venv of
+# its own that builds the project's wheel and stays in this stage; the runtime venv gets only
+# the wheel. (`pip install /src` would fetch whatever setuptools and wheel are newest.)
+COPY requirements-build.lock /tmp/requirements-build.lock
+RUN python -m venv /opt/build-tools \
+    && /opt/build-tools/bin/pip install --no-cache-dir --no-deps --require-hashes \
+        --only-binary=:all: -r /tmp/requirements-build.lock
 
 COPY pyproject.toml README.md /src/
 COPY messaging_service /src/messaging_service
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src
+RUN /opt/build-tools/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation \
+        --wheel-dir /tmp/wheels /src \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl
 
 # --- runtime: the same slim Python, the virtualenv, an unprivileged user ---------------------
 FROM ${PYTHON_IMAGE} AS runtime

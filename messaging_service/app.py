@@ -48,6 +48,7 @@ from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.http import HttpServer, build_app
 from messaging_service.telemetry.metrics import LiveState, Metrics
 from messaging_service.telemetry.shared_metrics import LiveMirror
+from messaging_service.telemetry.tracing import NO_TRACING, Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,7 @@ async def run_service(
     registry: CollectorRegistry | None = None,
     on_started: Callable[[Running], None] | None = None,
     shared_metrics: bool = False,
+    tracing: Tracing = NO_TRACING,
 ) -> bool:
     """Run until ``stop`` is set; then drain, commit and close everything in reverse order.
 
@@ -103,7 +105,9 @@ async def run_service(
         sender = await stack.enter_async_context(
             SmtpSender(settings.smtp, max_connections=email.worker_count)
         )
-        handler = await _handler(stack, settings, preparer, sender, metrics, health, limiter)
+        handler = await _handler(
+            stack, settings, preparer, sender, metrics, health, limiter, tracing
+        )
         pool = await stack.enter_async_context(_pool(settings))
         lifecycle = await stack.enter_async_context(
             Lifecycle(
@@ -166,6 +170,7 @@ async def _handler(
     metrics: Metrics,
     health: Health,
     limiter: SendRateLimiter,
+    tracing: Tracing,
 ) -> RequestHandler:
     """The handler with its adapters (each closed by ``stack``) and outcome reporting."""
     email = settings.email
@@ -182,6 +187,7 @@ async def _handler(
         health=health,
         relay=health.relay,
         limiter=limiter,
+        tracing=tracing,
     )
 
 

@@ -26,6 +26,12 @@ from messaging_service.config import ConfigError, Settings, environment_items, l
 from messaging_service.errors import ServiceError
 from messaging_service.supervisor import process_count, run_supervisor
 from messaging_service.telemetry.logging import configure_logging
+from messaging_service.telemetry.tracing import (
+    Publish,
+    Tracing,
+    TracingConfigError,
+    tracing_from_environment,
+)
 
 T = TypeVar("T")
 
@@ -89,18 +95,33 @@ def run(processes: str | None) -> None:
     """
     overrides = {} if processes is None else {"runtime": {"service_processes": processes}}
     settings = settings_or_exit(**overrides)
-    configure_logging(settings.log)
     role = ChildRole.from_environment(os.environ)
     count = process_count(settings.runtime.service_processes)
     if role is None and count > 1:
+        configure_logging(settings.log)
         sys.exit(run_supervisor(settings, count))
     try:
-        committed = _run_event_loop(_run(settings, role))
+        tracing = tracing_from_environment(
+            os.environ,
+            group_id=settings.kafka.group_id,
+            topics={
+                Publish.DEAD_LETTER: settings.kafka.dlq_topic,
+                Publish.EVENT: settings.kafka.events_topic,
+            },
+        )
+    except TracingConfigError as exc:
+        click.echo(f"messaging-service: {exc}", err=True)
+        sys.exit(2)
+    configure_logging(settings.log, processors=tracing.log_processors())
+    try:
+        committed = _run_event_loop(_run(settings, tracing, role))
     except ServiceError as exc:
         # A dependency that cannot be reached at start, or templates that do not compile:
         # exit non-zero with one clear line, and let the supervisor restart us.
         structlog.get_logger(__name__).error("service_failed", error=str(exc))
         sys.exit(1)
+    finally:
+        tracing.close()  # exports the spans still buffered
     if not committed:
         # Logged as final_commit_failed; nothing is lost, Kafka delivers it again.
         sys.exit(1)
@@ -115,7 +136,7 @@ def _run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-async def _run(settings: Settings, role: ChildRole | None = None) -> bool:
+async def _run(settings: Settings, tracing: Tracing, role: ChildRole | None = None) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     log = structlog.get_logger(__name__)
@@ -130,7 +151,7 @@ async def _run(settings: Settings, role: ChildRole | None = None) -> bool:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
     if role is None:
-        return await run_service(settings, stop)
+        return await run_service(settings, stop, tracing=tracing)
     structlog.contextvars.bind_contextvars(child=role.index)
     die_with_supervisor(role, lambda: request_stop(signal.SIGTERM))
     return await run_service(
@@ -138,6 +159,7 @@ async def _run(settings: Settings, role: ChildRole | None = None) -> bool:
         stop,
         on_started=lambda running: role.write_port(running.http_port),
         shared_metrics=True,
+        tracing=tracing,
     )
 
 

@@ -54,7 +54,15 @@ def dead_letter_headers(letter: DeadLetter, *, group_id: str) -> list[tuple[str,
     }
     if letter.smtp_code is not None:
         added[H_SMTP_CODE] = str(letter.smtp_code)
-    return [*record.headers, *((name, value.encode()) for name, value in added.items())]
+    original = record.headers
+    if letter.trace_headers:
+        replaced = {name for name, _ in letter.trace_headers}
+        original = tuple(header for header in original if header[0] not in replaced)
+    return [
+        *original,
+        *letter.trace_headers,
+        *((name, value.encode()) for name, value in added.items()),
+    ]
 
 
 class KafkaDeadLetterSink(ClosedOnExit):

@@ -120,6 +120,8 @@ class OutcomeEvent:
     smtp: SmtpReply | None = None
     retry_in: float | None = None
     lane: Lane = Lane.NORMAL
+    trace_headers: tuple[tuple[str, bytes], ...] = ()
+    """W3C trace context of the publish (traceparent, tracestate) when tracing is on."""
 
     @property
     def event_id(self) -> str:
@@ -282,7 +284,10 @@ def event_record(event: OutcomeEvent, *, source: str) -> EventRecord:
     return EventRecord(
         key=request_id.encode() if request_id is not None else event.record.key,
         value=json.dumps(value, ensure_ascii=False, default=str).encode(),
-        headers=tuple((name, text.encode()) for name, text in headers.items()),
+        headers=(
+            *((name, text.encode()) for name, text in headers.items()),
+            *event.trace_headers,
+        ),
     )
 
 

@@ -118,3 +118,6 @@ class DeadLetter:
     attempts: int
     smtp_code: int | None = None
     email_id: str | None = field(default=None)
+    trace_headers: tuple[tuple[str, bytes], ...] = ()
+    """W3C trace context of the publish (traceparent, tracestate) when tracing is on; they
+    replace the record's own."""

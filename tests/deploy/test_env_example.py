@@ -6,27 +6,12 @@ import re
 
 import pytest
 
-from messaging_service.config import Settings, load_settings
-from support.tools import ENV_EXAMPLE
+from messaging_service.config import load_settings
+from support.tools import ENV_EXAMPLE, settings_variables
 
 pytestmark = pytest.mark.deploy
 
 _ASSIGNMENT = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
-
-
-def settings_variables() -> dict[str, bool]:
-    """Every environment variable the settings read -> whether it has a default value.
-
-    Taken from the settings classes themselves; a default of None means "unset".
-    """
-    names = {}
-    for cls in Settings.SECTIONS.values():
-        prefix = str(cls.model_config.get("env_prefix", ""))
-        for field, info in cls.model_fields.items():
-            alias = info.validation_alias
-            name = alias.upper() if isinstance(alias, str) else (prefix + field).upper()
-            names[name] = info.default is not None
-    return names
 
 
 def example_lines() -> list[str]:

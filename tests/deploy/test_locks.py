@@ -1,7 +1,7 @@
 """The lock files scripts/lock writes: every dependency pinned with hashes, one version each.
 
 requirements.lock (runtime, the image), requirements-embedded.lock (plus the embedded extra,
-scripts/dev) and requirements-dev.lock (plus the dev and bench extras, scripts/test and CI).
+scripts/dev) and requirements-dev.lock (plus the otel, dev and bench extras, scripts/test and CI).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 LOCKS = {
     "requirements.lock": (),
     "requirements-embedded.lock": ("embedded",),
-    "requirements-dev.lock": ("embedded", "dev", "bench"),
+    "requirements-dev.lock": ("embedded", "otel", "dev", "bench"),
 }
 
 
@@ -70,3 +70,42 @@ def test_a_package_has_the_same_version_in_every_lock_and_each_lock_extends_the_
             name: larger[name][0] for name in smaller if name in larger
         }
         assert set(smaller) <= set(larger)
+
+
+def test_the_build_lock_pins_the_build_backend_the_dockerfile_builds_with() -> None:
+    """requirements-build.lock: every [build-system] requirement, in range, with hashes."""
+    build_system = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]
+    locked = pins("requirements-build.lock")
+    for spec in build_system["requires"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is not in requirements-build.lock: run scripts/lock"
+        assert requirement.specifier.contains(locked[name][0], prereleases=True)
+    assert all(hashes for _, hashes in locked.values())
+
+
+def test_the_checkov_lock_pins_what_its_input_asks_for_with_hashes() -> None:
+    """requirements-checkov.lock (a venv of its own, scripts/fetch-tools) follows its .in file."""
+    locked = pins("requirements-checkov.lock")
+    for line in (REPO / "requirements-checkov.in").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            version = locked[canonicalize_name(requirement.name)][0]
+            assert requirement.specifier.contains(version), f"{line}: run scripts/lock"
+    assert all(hashes for _, hashes in locked.values())
+
+
+def test_the_otel_lock_is_the_runtime_lock_plus_the_otel_extra() -> None:
+    """requirements-otel.lock: what the image installs with WITH_OTEL=true."""
+    runtime, otel, dev = (
+        pins(lock)
+        for lock in ("requirements.lock", "requirements-otel.lock", "requirements-dev.lock")
+    )
+    for requirement in requirements(("otel",)):
+        name = canonicalize_name(requirement.name)
+        assert name in otel, f"{name} is not in requirements-otel.lock: run scripts/lock"
+        assert requirement.specifier.contains(otel[name][0], prereleases=True)
+    for package, (version, _) in otel.items():
+        assert version == runtime.get(package, dev[package])[0], package
+    assert set(runtime) <= set(otel)
+    assert all(hashes for _, hashes in otel.values())

@@ -19,6 +19,7 @@ from messaging_service.service.relay import Relay
 from messaging_service.service.reporter import EventReporter
 from messaging_service.service.suppressor import Suppressor
 from messaging_service.telemetry.metrics import Metrics
+from messaging_service.telemetry.tracing import NO_TRACING, Tracing
 
 
 def make_handler(
@@ -41,6 +42,7 @@ def make_handler(
     events: EventReporter | None = None,
     suppressor: Suppressor | None = None,
     sender_domain: str = "localhost",
+    tracing: Tracing = NO_TRACING,
 ) -> RequestHandler:
     return RequestHandler(
         preparer=Preparer(
@@ -60,4 +62,5 @@ def make_handler(
         relay=relay,
         limiter=limiter,
         dead_letter_backoff=dead_letter_backoff,
+        tracing=tracing,
     )

