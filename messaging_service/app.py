@@ -77,12 +77,11 @@ async def run_service(
 
     Returns False when the final commit failed (the CLI then exits non-zero); what it held is
     delivered again from the last commit that landed. With ``shared_metrics`` (a child of
-    ``run --processes``) the live gauges are also copied to the multiprocess files the
-    supervisor sums.
+    ``run --processes``) the live gauges are also copied for the supervisor's sum. Pure parts
+    come first: a broken template or sender fails the start, before any connection.
     """
     registry = registry if registry is not None else CollectorRegistry()
     email = settings.email
-    # Pure parts first: a broken template or sender fails the start, before any connection.
     preparer = _preparer(settings)
     relay = _relay(settings)
     health = Health(relay=relay)

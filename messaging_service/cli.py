@@ -96,10 +96,7 @@ def run(processes: str | None) -> None:
     overrides = {} if processes is None else {"runtime": {"service_processes": processes}}
     settings = settings_or_exit(**overrides)
     role = ChildRole.from_environment(os.environ)
-    count = process_count(settings.runtime.service_processes)
-    if role is None and count > 1:
-        configure_logging(settings.log)
-        sys.exit(run_supervisor(settings, count))
+    _supervise_if_asked(settings, role)
     try:
         tracing = tracing_from_environment(
             os.environ,
@@ -125,6 +122,14 @@ def run(processes: str | None) -> None:
     if not committed:
         # Logged as final_commit_failed; nothing is lost, Kafka delivers it again.
         sys.exit(1)
+
+
+def _supervise_if_asked(settings: Settings, role: ChildRole | None) -> None:
+    """With SERVICE_PROCESSES above 1 (and not a child already): run the supervisor, then exit."""
+    count = process_count(settings.runtime.service_processes)
+    if role is None and count > 1:
+        configure_logging(settings.log)
+        sys.exit(run_supervisor(settings, count))
 
 
 def _run_event_loop(main: Coroutine[Any, Any, T]) -> T:
