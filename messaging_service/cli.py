@@ -25,6 +25,7 @@ from messaging_service.child import ChildRole, die_with_supervisor
 from messaging_service.config import ConfigError, Settings, environment_items, load_settings
 from messaging_service.errors import ServiceError
 from messaging_service.supervisor import process_count, run_supervisor
+from messaging_service.telemetry import logcontext
 from messaging_service.telemetry.logging import configure_logging
 from messaging_service.telemetry.tracing import (
     Publish,
@@ -109,7 +110,7 @@ def run(processes: str | None) -> None:
     except TracingConfigError as exc:
         click.echo(f"messaging-service: {exc}", err=True)
         sys.exit(2)
-    configure_logging(settings.log, processors=tracing.log_processors())
+    configure_logging(settings.log, processors=tracing.log_processors(), batch_writes=True)
     try:
         committed = _run_event_loop(_run(settings, tracing, role))
     except ServiceError as exc:
@@ -157,7 +158,7 @@ async def _run(settings: Settings, tracing: Tracing, role: ChildRole | None = No
         loop.add_signal_handler(signum, request_stop, signum)
     if role is None:
         return await run_service(settings, stop, tracing=tracing)
-    structlog.contextvars.bind_contextvars(child=role.index)
+    logcontext.bind(child=role.index)
     die_with_supervisor(role, lambda: request_stop(signal.SIGTERM))
     return await run_service(
         settings,

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -37,6 +35,47 @@ _TRANSPORT_ERRORS = (OSError, TimeoutError)
 class _Lease:
     client: aiosmtplib.SMTP
     reusable: bool = False
+
+
+class _Leasing:
+    """Takes a connection slot (waiting at most ``wait`` seconds), then a connection; gives
+    both back on exit, the connection to the idle list if the lease says it is reusable.
+
+    A class rather than ``asynccontextmanager``, which costs a generator per send.
+    """
+
+    __slots__ = ("_lease", "_sender", "_wait")
+
+    def __init__(self, sender: SmtpSender, wait: float | None) -> None:
+        self._sender = sender
+        self._wait = wait
+        self._lease: _Lease | None = None
+
+    async def __aenter__(self) -> _Lease:
+        sender = self._sender
+        if self._wait is None:
+            await sender._slots.acquire()
+        else:
+            try:
+                async with asyncio.timeout(self._wait):
+                    await sender._slots.acquire()
+            except TimeoutError as exc:
+                raise SmtpTransientError(
+                    f"no SMTP connection became free within {self._wait} s"
+                ) from exc
+        try:
+            self._lease = _Lease(await sender._checkout())
+        except BaseException:
+            sender._slots.release()
+            raise
+        return self._lease
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            assert self._lease is not None
+            self._sender._checkin(self._lease)
+        finally:
+            self._sender._slots.release()
 
 
 class SmtpSender(ClosedOnExit):
@@ -132,21 +171,9 @@ class SmtpSender(ClosedOnExit):
         self._busy.clear()
         await asyncio.gather(*(self._quit(client) for client in idle))
 
-    @contextlib.asynccontextmanager
-    async def _lease(self, *, wait: float | None = None) -> AsyncIterator[_Lease]:
-        try:
-            async with asyncio.timeout(wait):
-                await self._slots.acquire()
-        except TimeoutError as exc:
-            raise SmtpTransientError(f"no SMTP connection became free within {wait} s") from exc
-        try:
-            lease = _Lease(await self._checkout())
-            try:
-                yield lease
-            finally:
-                self._checkin(lease)
-        finally:
-            self._slots.release()
+    def _lease(self, *, wait: float | None = None) -> _Leasing:
+        """A connection for one exchange: ``async with self._lease() as lease:``."""
+        return _Leasing(self, wait)
 
     def _is_closed(self) -> bool:
         """Read afresh after an await: type checkers keep ``_closed`` narrowed across it."""

@@ -222,6 +222,13 @@ def _refusals(
     ]
 
 
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(
+            aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+        )
+
+
 class _Replies(asyncio.Protocol):
     """Whole SMTP replies from the transport, however they are split or batched in reads.
 
@@ -247,15 +254,15 @@ class _Replies(asyncio.Protocol):
     async def read(self, count: int, within: float) -> list[SMTPResponse]:
         if len(self._ready) < count and self._error is None:
             self._wanted = count
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            # A timer on the future rather than asyncio.timeout(), which costs a task
+            # lookup and a context object for every reply.
+            timer = loop.call_later(within, _time_out, waiter)
             try:
-                async with asyncio.timeout(within):
-                    await self._waiter
-            except TimeoutError as exc:
-                raise aiosmtplib.SMTPReadTimeoutError(
-                    "Timed out waiting for server response"
-                ) from exc
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         if len(self._ready) < count:
             assert self._error is not None

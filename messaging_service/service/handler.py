@@ -54,6 +54,7 @@ from messaging_service.service.preparer import Preparer
 from messaging_service.service.ratelimit import SendRateLimiter
 from messaging_service.service.relay import Relay
 from messaging_service.service.suppressor import Suppressor
+from messaging_service.telemetry import logcontext
 from messaging_service.telemetry.metrics import Metrics
 from messaging_service.telemetry.tracing import (
     NO_TRACE,
@@ -123,7 +124,7 @@ class RequestHandler:
                 return await self._publish(delivery)
             if delivery.email is None and delivery.refusal is None and delivery.unfetched is None:
                 self.prepare(delivery)
-                structlog.contextvars.bind_contextvars(email_id=delivery.email_id)
+                logcontext.bind(email_id=delivery.email_id)
             if delivery.refusal is not None:
                 reason, error = delivery.refusal
                 return await self._dead_letter(delivery, reason, error)

@@ -38,6 +38,7 @@ from messaging_service.service.handler import RequestHandler
 from messaging_service.service.pool import CURRENT_WORKER, Job, JobStatus, PoolClosedError
 from messaging_service.service.relay import Relay
 from messaging_service.service.scheduler import DelayQueue, SchedulerClosedError
+from messaging_service.telemetry import logcontext
 from messaging_service.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -242,7 +243,7 @@ class Lifecycle(ClosedOnExit):
             return JobStatus.OK
         request.to(Stage.SENDING)
         record = request.record
-        with structlog.contextvars.bound_contextvars(
+        with logcontext.bound(
             email_id=request.delivery.email_id,
             topic=record.topic,
             partition=record.partition,

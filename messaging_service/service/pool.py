@@ -68,7 +68,7 @@ class WorkerPool(ClosedOnExit):
 
     Jobs share their worker's ``contextvars`` context (a task per job would cost too much), so
     a job that binds context variables must reset them before it returns, for example with
-    ``structlog.contextvars.bound_contextvars``.
+    ``telemetry.logcontext.bound``.
     """
 
     def __init__(

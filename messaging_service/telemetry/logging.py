@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import json
 import logging
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
 from messaging_service.config import LogFormat, LogSettings
+from messaging_service.telemetry.logcontext import merge_fields
 
 # Libraries log through the standard library; they are noisy at INFO.
 _QUIET_LIBRARIES = ("aiokafka", "aiosmtplib", "aiohttp.access", "mail.log")
@@ -20,23 +25,28 @@ def configure_logging(
     stream: TextIO | None = None,
     *,
     processors: Sequence[structlog.types.Processor] = (),
+    batch_writes: bool = False,
 ) -> None:
     """Route structlog and stdlib logging to ``stream`` (stdout) through the same renderer.
 
     ``processors`` see each event with its bound context before it is rendered (dev mode
     turns some into lines of its own); one may drop an event with ``structlog.DropEvent``.
+    With ``batch_writes`` (the service), the lines an event loop pass logs are written
+    together when the pass ends (``LoopBatchedStream``) instead of one write per line.
     """
     stream = sys.stdout if stream is None else stream
+    if batch_writes:
+        stream = cast(TextIO, LoopBatchedStream(stream))
     level = logging.getLevelNamesMapping()[settings.level.value]
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        merge_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         *processors,
     ]
     renderer: structlog.types.Processor
     if settings.format is LogFormat.JSON:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = render_json
         shared.append(structlog.processors.format_exc_info)
     else:
         # Colours only for a terminal: escape codes would litter files and CI logs.
@@ -66,3 +76,65 @@ def configure_logging(
 def get_logger(name: str) -> Any:
     """A structlog logger; events carry whatever the current context has bound."""
     return structlog.get_logger(name)
+
+
+def _unserialisable(value: object) -> object:
+    """What structlog's JSONRenderer writes for a value JSON has no type for."""
+    custom = getattr(value, "__structlog__", None)
+    return custom() if callable(custom) else repr(value)
+
+
+# One encoder for every event (``json.dumps`` with ``default`` builds a new one per call).
+_JSON = json.JSONEncoder(default=_unserialisable)
+
+
+def render_json(_logger: object, _method: str, event: structlog.types.EventDict) -> str:
+    """The event as one line of JSON, as structlog's JSONRenderer writes it."""
+    return _JSON.encode(event)
+
+
+class LoopBatchedStream:
+    """A text stream whose lines are written once per event loop pass, all together.
+
+    ``write`` keeps the text; ``flush`` (which every logger calls after each line) asks the
+    running loop to write what was kept when the current pass ends, so a busy service makes
+    one system call for the lines of many requests. Without a running loop (start-up,
+    shutdown, other threads) it writes at once; at exit whatever is kept is written.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._kept: list[str] = []
+        self._lock = threading.Lock()
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+        atexit.register(self.flush_now)
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._kept.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush_now()
+            return
+        if self._scheduled_on is not loop:
+            # Also when a flush was asked on a loop that stopped before it ran.
+            self._scheduled_on = loop
+            loop.call_soon(self._flush_scheduled)
+
+    def flush_now(self) -> None:
+        with self._lock:
+            kept, self._kept = self._kept, []
+        if kept:
+            self._stream.write("".join(kept))
+            self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def _flush_scheduled(self) -> None:
+        self._scheduled_on = None
+        self.flush_now()

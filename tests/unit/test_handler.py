@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-import structlog
 from prometheus_client import CollectorRegistry
 
 from messaging_service.core.mime import MessageBuilder
@@ -16,6 +15,7 @@ from messaging_service.core.values import FailureReason, Outcome, RecipientRefus
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
 from messaging_service.service.delivery import Delivery, Finished, RetryIn
 from messaging_service.service.health import Health
+from messaging_service.telemetry import logcontext
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
 from support.handler import make_handler
@@ -159,9 +159,9 @@ async def test_bad_requests_are_dead_lettered_without_sending(
 async def test_invalid_payload_keeps_a_readable_id_for_the_logs() -> None:
     harness = Harness(FakeSender())
     delivery = Delivery(record(welcome(to=42)))
-    with structlog.contextvars.bound_contextvars(email_id=None):
+    with logcontext.bound(email_id=None):
         await harness.run_to_end(delivery)
-        assert structlog.contextvars.get_contextvars()["email_id"] == "w-1"
+        assert logcontext.current()["email_id"] == "w-1"
     assert harness.dead_letters.published[0].email_id == "w-1"
 
 

@@ -83,7 +83,7 @@ def test_text_only_message() -> None:
     assert message["MIME-Version"] == "1.0"
     assert message.get_content_type() == "text/plain"
     assert message.get_content_charset() == "utf-8"
-    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert message["Content-Transfer-Encoding"] == "7bit"  # ASCII in short lines
     assert content(message) == "Hi Bob\n"
     assert not message.defects
     assert_wire_format(email, limit=78)
@@ -108,6 +108,33 @@ def test_text_and_html_make_multipart_alternative_text_first() -> None:
     assert message.get_boundary() == "=_" + message_id("req-1", "x")[1:33]
     assert not message.defects
     assert_wire_format(email)
+
+
+@pytest.mark.parametrize(
+    ("text", "alone", "with_html"),
+    [
+        ("short ascii\n.leading dot\nlast\n", "7bit", "7bit"),
+        ("x" * 78 + "\n", "7bit", "7bit"),
+        ("x" * 79 + "\n", "quoted-printable", "quoted-printable"),  # lines of at most 78
+        ("nul \0 inside\n", "quoted-printable", "quoted-printable"),
+        ("looks like a boundary: --=_x\n", "quoted-printable", "quoted-printable"),
+        ("caf\u00e9\n", "quoted-printable", "quoted-printable"),
+        ("windows\r\nline ends\r\n", "7bit", "7bit"),
+        # Alone, 7bit would have to add a line break to end the message with CRLF.
+        ("no newline at the end", "quoted-printable", "7bit"),
+    ],
+)
+def test_text_parts_are_7bit_where_allowed_and_round_trip(
+    text: str, alone: str, with_html: str
+) -> None:
+    for html, encoding in ((None, alone), ("<p>and HTML</p>", with_html)):
+        email = build(request(text=text, html=html))
+        message = parse(email)
+        part = message if html is None else cast(EmailMessage, next(message.iter_parts()))
+        assert part["Content-Transfer-Encoding"] == encoding
+        assert content(part) == text.replace("\r\n", "\n")
+        assert not message.defects
+        assert_wire_format(email, limit=78)
 
 
 def test_optional_headers_are_left_out() -> None:

@@ -11,6 +11,7 @@ import structlog
 
 from messaging_service.core.offsets import TopicPartition
 from messaging_service.core.values import InboundRecord, OutgoingEmail, SendReport
+from messaging_service.telemetry import logcontext
 from support.fakes import FakeSource, record
 from support.pipeline import TP, running
 from support.samples import sample_sum
@@ -46,7 +47,7 @@ class Logs:
             raise structlog.DropEvent
 
         structlog.configure(
-            processors=[structlog.contextvars.merge_contextvars, keep],
+            processors=[logcontext.merge_fields, keep],
             cache_logger_on_first_use=False,
         )
         return self.entries
