@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
+from messaging_service.core import events
 from messaging_service.core.events import (
     EventType,
     OutcomeEvent,
@@ -131,3 +133,8 @@ def test_an_event_names_the_lane_its_request_came_in_by() -> None:
     value = event_value(event(lane=Lane.PRIORITY))
     check_value(value)
     assert value["lane"] == "priority"
+
+
+@pytest.mark.parametrize("name", ["", "id:order-1\x1femail.sent\x1f1", "record:t/0/7", "ünï"])
+def test_event_ids_are_the_uuid5_of_their_name(name: str) -> None:
+    assert events._uuid5(name) == str(uuid.uuid5(events._NAMESPACE, name))
