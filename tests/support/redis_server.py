@@ -7,11 +7,11 @@ with RedisServer(tmp_path) as redis:                 # or password="...", persis
 
 from __future__ import annotations
 
+import signal
 import socket
-import subprocess
-import time
 from pathlib import Path
 
+from messaging_service.dev.process import ProcessExitedError, ProcessNotReadyError, ServerProcess
 from support.kafka import free_port
 from support.tools import redis_server
 
@@ -34,7 +34,8 @@ class RedisServer:
         self.persistent = persistent
         self.port = free_port()
         self._program = redis_server()
-        self._process: subprocess.Popen[bytes] | None = None
+        # SIGTERM: Redis writes its snapshot (with persistence) before it exits.
+        self._process = ServerProcess(stop_signal=signal.SIGTERM, stop_timeout=30)
 
     @property
     def url(self) -> str:
@@ -42,7 +43,7 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        if self._process is not None:
+        if self._process.started:
             raise RuntimeError("redis-server is already running")
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
@@ -57,21 +58,11 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
-        self._process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self._process.start(command)  # its output goes to its --logfile
         self._wait_listening()
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        self._process.stop()
 
     def __enter__(self) -> RedisServer:
         self.start()
@@ -86,18 +77,18 @@ class RedisServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def _wait_listening(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise AssertionError(f"redis-server exited at start:\n{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                    conn.sendall(b"PING\r\n")
-                    reply = conn.recv(64)
-                if reply.startswith((b"+PONG", b"-NOAUTH")):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"redis-server not listening within {_START_TIMEOUT} s")
+        try:
+            self._process.wait_ready(self._answers_ping, timeout=_START_TIMEOUT)
+        except ProcessExitedError:
+            raise AssertionError(f"redis-server exited at start:\n{self.log_tail()}") from None
+        except ProcessNotReadyError:
+            raise AssertionError(f"redis-server not listening within {_START_TIMEOUT} s") from None
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                reply = conn.recv(64)
+        except OSError:
+            return False
+        return reply.startswith((b"+PONG", b"-NOAUTH"))
