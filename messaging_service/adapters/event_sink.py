@@ -1,6 +1,12 @@
-"""Adapter over the Kafka producer: outcome events to KAFKA_EVENTS_TOPIC, acknowledged."""
+"""Adapter over the Kafka producer: outcome events to KAFKA_EVENTS_TOPIC, acknowledged.
+
+Events are queued and batched (KAFKA_EVENTS_LINGER_MS): the caller holds a future for the
+acknowledgement, not a worker, so one produce request carries the events of many requests.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from messaging_service.adapters.kafka_producer import Publisher, PublishError
 from messaging_service.config import KafkaSettings
@@ -10,14 +16,18 @@ from messaging_service.errors import EventsUnavailableError
 
 
 class KafkaEventSink(ClosedOnExit):
-    """Publishes events and waits for the broker's acknowledgement (acks=all)."""
+    """Queues events; each future settles with the broker's acknowledgement (acks=all)."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         if not settings.events_enabled:
             raise ValueError("KAFKA_EVENTS_TOPIC is empty: events are off")
         self._topic = settings.events_topic
         self._source = event_source(settings.group_id)
-        self._publisher = Publisher(settings, client_id=f"{settings.group_id}-events")
+        self._publisher = Publisher(
+            settings,
+            client_id=f"{settings.group_id}-events",
+            linger_ms=settings.events_linger_ms,
+        )
 
     async def __aenter__(self) -> KafkaEventSink:
         try:
@@ -29,11 +39,12 @@ class KafkaEventSink(ClosedOnExit):
     async def close(self) -> None:
         await self._publisher.close()
 
-    async def publish(self, event: OutcomeEvent) -> None:
+    async def submit(self, event: OutcomeEvent) -> asyncio.Future[None]:
         record = event_record(event, source=self._source)
-        try:
-            await self._publisher.publish(
-                self._topic, record.value, key=record.key, headers=record.headers
-            )
-        except PublishError as exc:
-            raise EventsUnavailableError(str(exc)) from exc
+        return await self._publisher.submit(
+            self._topic,
+            record.value,
+            key=record.key,
+            headers=record.headers,
+            error=EventsUnavailableError,
+        )

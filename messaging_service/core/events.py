@@ -8,6 +8,7 @@ published again after a redelivery has the same id and consumers can deduplicate
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import json
@@ -309,9 +310,12 @@ def event_source(group_id: str) -> str:
 
 
 class EventSink(Protocol):
-    """Publishes an event and returns once the broker acknowledged it.
+    """Queues events for the broker; the returned future settles with its acknowledgement.
 
-    Raises EventsUnavailableError when it could not.
+    ``submit`` raises EventsUnavailableError when the event cannot even be queued; the future
+    fails with EventsUnavailableError when the broker did not acknowledge it in time. Events
+    are batched while they wait, so a caller that needs the acknowledgement need not hold
+    anything but the future.
     """
 
-    async def publish(self, event: OutcomeEvent) -> None: ...
+    async def submit(self, event: OutcomeEvent) -> asyncio.Future[None]: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from messaging_service.core.attachments import AttachmentSource
@@ -77,4 +78,15 @@ class Parked:
     """The relay is down (circuit open): hold the delivery until it is back; no attempt spent."""
 
 
-Step = Finished | RetryIn | Parked
+@dataclass(frozen=True, slots=True)
+class Acking:
+    """Its final event is queued: the broker's acknowledgement (``ack``) finishes it.
+
+    It holds no worker meanwhile; events are batched, so many requests share one produce
+    request and its round trip.
+    """
+
+    ack: asyncio.Future[None]
+
+
+Step = Finished | RetryIn | Parked | Acking

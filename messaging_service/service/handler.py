@@ -8,6 +8,7 @@ the caller holds the delivery until the circuit closes.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -137,6 +138,11 @@ class RequestHandler:
                     return step
             assert delivery.email is not None
             return await self._attempt(delivery, delivery.email)
+
+    def acked(self, delivery: Delivery, ack: asyncio.Future[None]) -> Step:
+        """The acknowledgement of an ``Acking`` step's final event settled: the next step."""
+        with self._trace(delivery).active():
+            return self._outcomes.acked(delivery, ack)
 
     def _trace(self, delivery: Delivery) -> RequestTrace:
         """The request's spans, started on its first step (NO_TRACE when tracing is off)."""

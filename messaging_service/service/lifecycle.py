@@ -3,9 +3,10 @@
 A ``Request`` moves through explicit stages::
 
     ADMITTED ──prepare──> PREPARED ──worker──> SENDING ──> FINISHED  (sent, dead-lettered,
-        │                   ^   ^                │  │                  duplicate, suppressed)
-        └──────worker───────┼───┼────────────────┘  ├──> WAITING_RETRY ──timer──> PREPARED
-                            │   └───circuit closes──┴──> PARKED
+        │                   ^   ^                │  │  ^               duplicate, suppressed)
+        └──────worker───────┼───┼────────────────┘  │  └──ack── ACKING (final event queued)
+                            │   │                   ├──> WAITING_RETRY ──timer──> PREPARED
+                            │   └───circuit closes──┴──> PARKED        (also from ACKING)
     any stage but FINISHED ──partition revoked or reset──> RELEASED (the new owner reads it)
 
 Only ``Request._to`` changes a stage, and it keeps the partition's bookkeeping in step: a
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -33,7 +35,7 @@ from messaging_service.core.offsets import PartitionOffsets
 from messaging_service.core.retry import Backoff
 from messaging_service.core.values import InboundRecord, Outcome
 from messaging_service.core.watchdog import Watchdog
-from messaging_service.service.delivery import Delivery, Finished, Parked, RetryIn, Step
+from messaging_service.service.delivery import Acking, Delivery, Finished, Parked, RetryIn, Step
 from messaging_service.service.handler import RequestHandler
 from messaging_service.service.pool import CURRENT_WORKER, Job, JobStatus, PoolClosedError
 from messaging_service.service.relay import Relay
@@ -55,6 +57,8 @@ class Stage(enum.Enum):
     """Holds no worker; a timer hands it back (a retry, or a dead letter or event to publish)."""
     PARKED = "parked"
     """The relay is down; it is handed back when the circuit closes. No attempt spent."""
+    ACKING = "acking"
+    """Its final event is queued; the broker's acknowledgement finishes it. Holds no worker."""
     FINISHED = "finished"
     """Its outcome is final (its dead letter and final event acknowledged); committable."""
     RELEASED = "released"
@@ -64,7 +68,10 @@ class Stage(enum.Enum):
 _NEXT: dict[Stage, frozenset[Stage]] = {
     Stage.ADMITTED: frozenset({Stage.PREPARED, Stage.SENDING, Stage.RELEASED}),
     Stage.PREPARED: frozenset({Stage.SENDING, Stage.RELEASED}),
-    Stage.SENDING: frozenset({Stage.WAITING_RETRY, Stage.PARKED, Stage.FINISHED, Stage.RELEASED}),
+    Stage.SENDING: frozenset(
+        {Stage.WAITING_RETRY, Stage.PARKED, Stage.ACKING, Stage.FINISHED, Stage.RELEASED}
+    ),
+    Stage.ACKING: frozenset({Stage.WAITING_RETRY, Stage.FINISHED, Stage.RELEASED}),
     Stage.WAITING_RETRY: frozenset({Stage.PREPARED, Stage.RELEASED}),
     Stage.PARKED: frozenset({Stage.PREPARED, Stage.RELEASED}),
     Stage.FINISHED: frozenset(),
@@ -242,20 +249,41 @@ class Lifecycle(ClosedOnExit):
             request.to(Stage.RELEASED)
             return JobStatus.OK
         request.to(Stage.SENDING)
-        record = request.record
-        with logcontext.bound(
-            email_id=request.delivery.email_id,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            worker=CURRENT_WORKER.get(None),
-            **self._lane_fields[request.delivery.lane],
-        ):
+        with logcontext.bound(**self._log_fields(request)):
             step = await self._step(request)
             self._apply(request, step)
-        if isinstance(step, Finished) and step.outcome is Outcome.DEAD_LETTERED:
+        outcome = (
+            step.outcome
+            if isinstance(step, Finished)
+            else request.delivery.outcome
+            if isinstance(step, Acking)
+            else None
+        )
+        if outcome is Outcome.DEAD_LETTERED:
             return JobStatus.FAILED
         return JobStatus.OK
+
+    def _log_fields(self, request: Request) -> dict[str, object]:
+        record = request.record
+        return {
+            "email_id": request.delivery.email_id,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "worker": CURRENT_WORKER.get(None),
+            **self._lane_fields[request.delivery.lane],
+        }
+
+    def _acked(self, request: Request, ack: asyncio.Future[None]) -> None:
+        """An ACKING request's final event settled (a callback of the loop, not a worker)."""
+        with logcontext.bound(**self._log_fields(request)):
+            try:
+                step = self._handler.acked(request.delivery, ack)
+            except Exception as exc:  # noqa: BLE001 - the invariant: it stays pending, tried again
+                step = self._recovery_failed(request.delivery, exc)
+            if isinstance(step, Acking):  # acked() never answers that; a bug if it did
+                step = self._recovery_failed(request.delivery, TransitionError("acked twice"))
+            self._apply(request, step)
 
     async def _step(self, request: Request) -> Step:
         delivery = request.delivery
@@ -264,17 +292,20 @@ class Lifecycle(ClosedOnExit):
         except Exception as exc:  # noqa: BLE001 - the task boundary: every request reaches an outcome
             try:
                 return await self._handler.recover(delivery, exc)
-            except Exception as again:  # recovering failed too: keep it pending, try later
-                delivery.unexpected_failures += 1
-                delay = self._backoff.delay(delivery.unexpected_failures)
-                self._metrics.unexpected_errors.inc()
-                log.error(
-                    "request_recovery_failed",
-                    exc_info=again,
-                    failures=delivery.unexpected_failures,
-                    retry_in=delay,
-                )
-                return RetryIn(delay)
+            except Exception as again:  # noqa: BLE001 - recovering failed too: keep it pending, try later
+                return self._recovery_failed(delivery, again)
+
+    def _recovery_failed(self, delivery: Delivery, error: Exception) -> RetryIn:
+        delivery.unexpected_failures += 1
+        delay = self._backoff.delay(delivery.unexpected_failures)
+        self._metrics.unexpected_errors.inc()
+        log.error(
+            "request_recovery_failed",
+            exc_info=error,
+            failures=delivery.unexpected_failures,
+            retry_in=delay,
+        )
+        return RetryIn(delay)
 
     def _apply(self, request: Request, step: Step) -> None:
         if isinstance(step, RetryIn):
@@ -283,6 +314,9 @@ class Lifecycle(ClosedOnExit):
         elif isinstance(step, Parked):
             request.to(Stage.PARKED)
             self._relay.park(request)
+        elif isinstance(step, Acking):
+            request.to(Stage.ACKING)
+            step.ack.add_done_callback(functools.partial(self._acked, request))
         else:
             request.to(Stage.FINISHED)
             self._watchdog.progress()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from messaging_service.core.events import (
     request_facts,
 )
 from messaging_service.core.values import Outcome, RecipientRefusal
-from messaging_service.service.delivery import Delivery, Finished, RetryIn, Step
+from messaging_service.service.delivery import Acking, Delivery, Finished, RetryIn, Step
 from messaging_service.service.reporter import EventReporter
 from messaging_service.telemetry.metrics import Metrics
 from messaging_service.telemetry.tracing import Publish
@@ -49,14 +50,30 @@ class Outcomes:
         return await self.report(delivery)
 
     async def report(self, delivery: Delivery) -> Step:
-        event, outcome = delivery.final_event, delivery.outcome
+        """Queue the final event: Acking until the broker acknowledges it (or at once when
+        the sink already answered), RetryIn when it could not be queued.
+        """
+        event = delivery.final_event
         assert event is not None
-        assert outcome is not None
         assert self.events is not None
         with delivery.trace.publish(Publish.EVENT) as headers:
             if headers:
                 event = dataclasses.replace(event, trace_headers=tuple(headers))
-            delay = await self.events.final(event, failures=delivery.event_failures)
+            queued = await self.events.submit_final(event, failures=delivery.event_failures)
+        if not isinstance(queued, asyncio.Future):
+            delivery.event_failures += 1
+            return RetryIn(queued)
+        if queued.done():
+            return self.acked(delivery, queued)
+        return Acking(queued)
+
+    def acked(self, delivery: Delivery, ack: asyncio.Future[None]) -> Step:
+        """The final event's acknowledgement settled: finished, or RetryIn to publish again."""
+        event, outcome = delivery.final_event, delivery.outcome
+        assert event is not None
+        assert outcome is not None
+        assert self.events is not None
+        delay = self.events.final_acked(event, ack, failures=delivery.event_failures)
         if delay is not None:
             delivery.event_failures += 1
             return RetryIn(delay)

@@ -200,14 +200,36 @@ class FakeFetcher:
 
 
 class FakeEvents:
-    """Records outcome events; fails the first ``failures`` publishes as the broker would."""
+    """Records outcome events; fails the first ``failures`` publishes as the broker would.
 
-    def __init__(self, failures: int = 0) -> None:
+    Acknowledges at once (the future it returns is already settled); ``held`` keeps every
+    acknowledgement pending until ``acknowledge()``, as a broker batching events does.
+    """
+
+    def __init__(self, failures: int = 0, *, held: bool = False) -> None:
         self.failures = failures
+        self.held = held
         self.published: list[OutcomeEvent] = []
+        self.pending: list[tuple[OutcomeEvent, asyncio.Future[None]]] = []
 
-    async def publish(self, event: OutcomeEvent) -> None:
+    async def submit(self, event: OutcomeEvent) -> asyncio.Future[None]:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.held:
+            self.pending.append((event, ack))
+        else:
+            self._settle(event, ack)
+        return ack
+
+    def acknowledge(self) -> None:
+        """Settle every held acknowledgement (failing the first ``failures`` of them)."""
+        pending, self.pending = self.pending, []
+        for event, ack in pending:
+            self._settle(event, ack)
+
+    def _settle(self, event: OutcomeEvent, ack: asyncio.Future[None]) -> None:
         if self.failures > 0:
             self.failures -= 1
-            raise EventsUnavailableError("events topic unavailable")
-        self.published.append(event)
+            ack.set_exception(EventsUnavailableError("events topic unavailable"))
+        else:
+            self.published.append(event)
+            ack.set_result(None)

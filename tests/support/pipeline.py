@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from messaging_service.core.circuit import CircuitBreaker
+from messaging_service.core.events import EventSink
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.offsetmap import OffsetMap
 from messaging_service.core.offsets import OffsetTracker, TopicPartition
@@ -24,6 +25,7 @@ from messaging_service.service.lifecycle import Lifecycle
 from messaging_service.service.pipeline import Pipeline, PipelineSettings
 from messaging_service.service.pool import WorkerPool
 from messaging_service.service.relay import Relay
+from messaging_service.service.reporter import EventReporter
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSource
 from support.handler import make_handler
@@ -67,6 +69,7 @@ async def running(
     map_max_bytes: int = 0,
     priority_topic: str | None = None,
     priority_share: float = 0.9,
+    events: EventSink | None = None,
 ) -> AsyncIterator[Running]:
     """The pipeline consuming ``records`` from partition ``TP``; stopped and awaited on exit.
 
@@ -92,6 +95,14 @@ async def running(
             health=health,
             relay=relay,
             sent_log=sent_log,
+            events=None
+            if events is None
+            else EventReporter(
+                events,
+                metrics=metrics,
+                health=health,
+                backoff=Backoff(initial=0.01, ceiling=0.05),
+            ),
         )
         lifecycle = Lifecycle(
             handler=handler,

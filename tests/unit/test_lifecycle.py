@@ -19,7 +19,14 @@ from messaging_service.service.lifecycle import Lifecycle, Request, Stage, Trans
 from support.fakes import record
 
 TP = TopicPartition("email.requests", 0)
-_LIVE = {Stage.ADMITTED, Stage.PREPARED, Stage.SENDING, Stage.WAITING_RETRY, Stage.PARKED}
+_LIVE = {
+    Stage.ADMITTED,
+    Stage.PREPARED,
+    Stage.SENDING,
+    Stage.ACKING,
+    Stage.WAITING_RETRY,
+    Stage.PARKED,
+}
 _HELD = {Stage.WAITING_RETRY, Stage.PARKED}
 
 
@@ -39,6 +46,9 @@ def test_the_success_path_reads_top_to_bottom() -> None:
     assert (partition.parked, partition.waiting) == (1, 0)
     request.to(Stage.PREPARED)
     request.to(Stage.SENDING)
+    request.to(Stage.ACKING)  # its final event is queued: pending, holding no worker
+    assert (partition.pending, partition.parked, partition.waiting) == (1, 0, 1)
+    assert partition.commit_point() == 0
     request.to(Stage.FINISHED)
     assert partition.pending == 0
     assert partition.commit_point() == 1
@@ -51,6 +61,8 @@ def test_the_success_path_reads_top_to_bottom() -> None:
         ((Stage.PREPARED,), Stage.WAITING_RETRY),  # only a step decides a retry
         ((Stage.PREPARED, Stage.SENDING, Stage.FINISHED), Stage.SENDING),  # final is final
         ((Stage.PREPARED, Stage.SENDING, Stage.PARKED), Stage.SENDING),  # back in line first
+        ((Stage.PREPARED, Stage.SENDING, Stage.ACKING), Stage.SENDING),  # only its ack decides
+        ((Stage.PREPARED, Stage.SENDING, Stage.ACKING), Stage.PARKED),
         ((Stage.RELEASED,), Stage.PREPARED),
     ],
 )
@@ -103,10 +115,16 @@ class RequestMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._in({Stage.SENDING}))
     @rule(
-        data=st.data(), outcome=st.sampled_from([Stage.WAITING_RETRY, Stage.PARKED, Stage.FINISHED])
+        data=st.data(),
+        outcome=st.sampled_from([Stage.WAITING_RETRY, Stage.PARKED, Stage.ACKING, Stage.FINISHED]),
     )
     def step_decides(self, data: st.DataObject, outcome: Stage) -> None:
         data.draw(st.sampled_from(self._in({Stage.SENDING}))).to(outcome)
+
+    @precondition(lambda self: self._in({Stage.ACKING}))
+    @rule(data=st.data(), outcome=st.sampled_from([Stage.WAITING_RETRY, Stage.FINISHED]))
+    def ack_settles(self, data: st.DataObject, outcome: Stage) -> None:
+        data.draw(st.sampled_from(self._in({Stage.ACKING}))).to(outcome)
 
     @precondition(lambda self: self._in(_HELD))
     @rule(data=st.data())
@@ -121,7 +139,14 @@ class RequestMachine(RuleBasedStateMachine):
         allowed = {
             Stage.ADMITTED: {Stage.PREPARED, Stage.SENDING, Stage.RELEASED},
             Stage.PREPARED: {Stage.SENDING, Stage.RELEASED},
-            Stage.SENDING: {Stage.WAITING_RETRY, Stage.PARKED, Stage.FINISHED, Stage.RELEASED},
+            Stage.SENDING: {
+                Stage.WAITING_RETRY,
+                Stage.PARKED,
+                Stage.ACKING,
+                Stage.FINISHED,
+                Stage.RELEASED,
+            },
+            Stage.ACKING: {Stage.WAITING_RETRY, Stage.FINISHED, Stage.RELEASED},
             Stage.WAITING_RETRY: {Stage.PREPARED, Stage.RELEASED},
             Stage.PARKED: {Stage.PREPARED, Stage.RELEASED},
         }.get(request.stage, set())

@@ -8,12 +8,13 @@ import itertools
 import json
 from collections.abc import Callable
 
+from messaging_service.core.events import EventType
 from messaging_service.core.offsetmap import OffsetMap, decode
 from messaging_service.core.values import InboundRecord, OutgoingEmail, SendReport
 from messaging_service.core.watchdog import Watchdog
 from messaging_service.errors import SmtpTransientError
 from messaging_service.telemetry.metrics import Metrics
-from support.fakes import record
+from support.fakes import FakeEvents, record
 from support.pipeline import TP, running
 from support.samples import sample_sum
 
@@ -343,3 +344,54 @@ async def test_commits_carry_the_finished_offsets_above_a_request_waiting_to_ret
 
 def has_length(length: int, items: list[str]) -> bool:
     return len(items) == length
+
+
+# Final events acknowledged in batches: a request waiting for its event's acknowledgement holds
+# no worker, is not committed until then, and publishes the event again when it fails.
+
+
+async def test_a_request_waiting_for_its_event_holds_no_worker_and_is_not_committed() -> None:
+    sender = ScriptedSender()
+    events = FakeEvents(held=True)
+    async with running(sender, [request(i) for i in range(5)], workers=1, events=events) as run:
+        # One worker sends all five: none of them holds it while its event waits.
+        await sender.wait_sent(lambda sent: len(sent) == 5)
+        await wait_until(lambda: len(events.pending) == 5)
+        assert run.pool.stats().running == 0
+        await run.pipeline.commit()
+        assert run.source.committed.get(TP, 0) == 0
+        assert run.tracker.pending == 5
+        events.acknowledge()
+        await wait_until(lambda: run.tracker.pending == 0)
+        await run.pipeline.commit()
+        assert run.source.committed[TP] == 5
+    assert [event.type for event in events.published] == [EventType.SENT] * 5
+
+
+async def test_a_failed_acknowledgement_publishes_the_event_again() -> None:
+    sender = ScriptedSender()
+    events = FakeEvents(failures=1, held=True)
+    async with running(sender, [request(0)], events=events) as run:
+        await wait_until(lambda: len(events.pending) == 1)
+        events.acknowledge()  # fails: the request goes back to wait, then publishes again
+        await wait_until(lambda: len(events.pending) == 1)
+        assert run.tracker.pending == 1
+        events.acknowledge()
+        await wait_until(lambda: run.tracker.pending == 0)
+        await run.pipeline.commit()
+        assert run.source.committed[TP] == 1
+    assert sender.sent == ["r-0"]  # sent once; only its event went out twice
+    assert len(events.published) == 1
+
+
+async def test_drain_waits_for_the_acknowledgements_then_commits() -> None:
+    sender = ScriptedSender()
+    events = FakeEvents(held=True)
+    async with running(sender, [request(i) for i in range(3)], events=events) as run:
+        await wait_until(lambda: len(events.pending) == 3)
+        run.stop.set()
+        await asyncio.sleep(0.05)
+        assert not run.task.done(), "stop must wait for the events' acknowledgements"
+        events.acknowledge()
+        assert await run.task
+        assert run.source.committed[TP] == 3
