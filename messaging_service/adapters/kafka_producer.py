@@ -104,11 +104,13 @@ class Publisher(ClosedOnExit):
         timeout, whatever the producer itself does meanwhile.
         """
         try:
-            async with asyncio.timeout(self._timeout):
-                sent = await self._producer.send(
-                    topic, value=value, key=key, headers=list(headers) or None
-                )
-        except (KafkaError, TimeoutError) as exc:
+            # Bounded by the producer itself: it waits for the topic's metadata and for room
+            # in its buffer at most request_timeout_ms (KafkaTimeoutError, a KafkaError), and
+            # an asyncio.timeout here would cost more than the rest of a queued event.
+            sent = await self._producer.send(
+                topic, value=value, key=key, headers=list(headers) or None
+            )
+        except KafkaError as exc:
             raise error(f"cannot write to {topic}: {describe_error(exc)}") from exc
         return acknowledgement(sent, topic, self._timeout, error)
 
