@@ -82,7 +82,8 @@ class RedisSentLog(ClosedOnExit):
     async def seen(self, email_id: str) -> bool:
         client = self._available()
         try:
-            return bool(await client.exists(self._prefix + email_id))
+            # The key may hold a claim's token instead: being sent is not sent.
+            return await client.get(self._prefix + email_id) == _SENT
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from exc
 

@@ -45,6 +45,10 @@ class MemorySentLog:
         self._expire(self._clock())
         return len(self._expiries)
 
+    def claims_held(self) -> int:
+        """Claims in memory, expired ones not dropped yet included (for tests and debugging)."""
+        return len(self._claims)
+
     async def seen(self, email_id: str) -> bool:
         now = self._clock()
         self._expire(now)
