@@ -10,14 +10,16 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from messaging_service.adapters.sentlog import MemorySentLog
+from messaging_service.core.circuit import CircuitBreaker
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.ports import SentLog
 from messaging_service.core.retry import RetryPolicy
 from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import Claim, Outcome, OutgoingEmail, SendReport
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
-from messaging_service.service.delivery import Delivery, Finished, RetryIn
+from messaging_service.service.delivery import Delivery, Finished, Parked, RetryIn
 from messaging_service.service.health import Health
+from messaging_service.service.relay import Relay
 from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, FakeSentLog, record, unavailable
 from support.handler import make_handler
@@ -54,7 +56,9 @@ class GatedSender(FakeSender):
 
 
 class Harness:
-    def __init__(self, sender: FakeSender, sent_log: SentLog) -> None:
+    def __init__(
+        self, sender: FakeSender, sent_log: SentLog, *, relay: Relay | None = None
+    ) -> None:
         self.sender = sender
         self.sent_log = sent_log
         self.dead_letters = FakeDeadLetters()
@@ -67,6 +71,7 @@ class Harness:
             policy=RetryPolicy(max_retries=3, delays=(1, 5, 10)),
             metrics=Metrics(self.registry),
             health=Health(),
+            relay=relay,
             sent_log=sent_log,
             clock=lambda: 1_700_000_001.0,
         )
@@ -197,4 +202,16 @@ async def test_an_untranslated_send_error_releases_the_claim_before_the_retry() 
         await harness.handler.process(delivery)
     assert await harness.handler.recover(delivery, raised.value) == RetryIn(1)
     assert sent_log.claims == {}
+    assert await harness.handler.process(delivery) == Finished(Outcome.SENT)
+
+
+async def test_a_request_parked_for_an_open_circuit_releases_its_claim() -> None:
+    circuit = CircuitBreaker(threshold=1)
+    circuit.record_failure()
+    sent_log = FakeSentLog()
+    harness = Harness(FakeSender(), sent_log, relay=Relay(circuit))
+    delivery = welcome()
+    assert await harness.handler.process(delivery) == Parked()
+    assert (sent_log.claims, sent_log.releases) == ({}, ["w-1"])
+    circuit.close()
     assert await harness.handler.process(delivery) == Finished(Outcome.SENT)
