@@ -331,7 +331,9 @@ def _suppression_store_name(settings: Settings) -> str:
 async def _sent_log(settings: DedupSettings) -> AsyncIterator[SentLog]:
     """The record of sent ids: Redis when DEDUP_REDIS_URL is set (closed on exit), else memory."""
     if settings.redis_url is None:
-        yield MemorySentLog(ttl=settings.ttl, max_entries=settings.max_entries)
+        yield MemorySentLog(
+            ttl=settings.ttl, max_entries=settings.max_entries, claim_ttl=settings.claim_ttl
+        )
         return
     async with RedisSentLog(settings) as store:
         yield store

@@ -328,6 +328,9 @@ class DedupSettings(BaseSettings):
     max_entries: int = Field(default=100_000, ge=1)
     key_prefix: str = "messaging-service:sent:"
     redis_timeout: float = Field(default=0.5, gt=0)
+    # How long a claim on an id being sent lasts when its holder neither records nor releases
+    # it (a crash mid-send): well above one SMTP attempt, so a live claim never lapses.
+    claim_ttl: int = Field(default=300, ge=1)
 
     @field_validator("redis_url", mode="before")
     @classmethod

@@ -1,6 +1,9 @@
 """Adapter over redis-py's asyncio client: the record of sent ids shared by every replica.
 
-Each sent id is a key ``<prefix><id>`` set with ``SET key 1 EX ttl``; Redis expires it. Errors
+Each sent id is a key ``<prefix><id>`` set with ``SET key 1 EX ttl``; Redis expires it. A claim
+on an id being sent is the same key holding the claimer's token instead of ``1``, taken with
+``SET key token NX PX claim_ttl GET`` (Redis 7 or later) and released by a script that deletes
+it only while it holds that token: each one round trip, atomic in Redis. Errors
 are translated once, here, into SentLogUnavailableError, and a command never waits longer than
 the configured timeout and is never retried: the caller fails open, so a slow store must not
 slow sending down more than that.
@@ -19,6 +22,7 @@ from redis.exceptions import RedisError
 
 from messaging_service.config import DedupSettings
 from messaging_service.core.lifetime import ClosedOnExit
+from messaging_service.core.values import Claim
 from messaging_service.errors import SentLogUnavailableError
 
 log = structlog.get_logger(__name__)
@@ -26,6 +30,18 @@ log = structlog.get_logger(__name__)
 # After a failure, answer "unavailable" at once for this long instead of paying the timeout on
 # every send while the store is down (one probe per interval finds it back).
 _HOLD_OFF = 1.0
+
+# The value of a sent id's key; a claim's token is never this.
+_SENT = b"1"
+
+# Deletes the claim only while it is still the caller's: a claim that expired and was taken
+# by another sender, or turned into "sent", stays.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 class RedisSentLog(ClosedOnExit):
@@ -38,6 +54,7 @@ class RedisSentLog(ClosedOnExit):
             raise ValueError("DEDUP_REDIS_URL is not set")
         self._prefix = settings.key_prefix
         self._ttl = settings.ttl
+        self._claim_ttl_ms = settings.claim_ttl * 1000
         self._clock = clock
         self._down_until = 0.0
         self._client: Redis | None = Redis.from_url(
@@ -65,7 +82,27 @@ class RedisSentLog(ClosedOnExit):
     async def seen(self, email_id: str) -> bool:
         client = self._available()
         try:
-            return bool(await client.exists(self._prefix + email_id))
+            # The key may hold a claim's token instead: being sent is not sent.
+            return await client.get(self._prefix + email_id) == _SENT
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
+
+    async def claim(self, email_id: str, token: str) -> Claim:
+        client = self._available()
+        try:
+            held = await client.set(
+                self._prefix + email_id, token, nx=True, px=self._claim_ttl_ms, get=True
+            )
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
+        if held is None or held == token.encode():
+            return Claim.CLAIMED
+        return Claim.SENT if held == _SENT else Claim.HELD
+
+    async def release(self, email_id: str, token: str) -> None:
+        client = self._available()
+        try:
+            await client.eval(_RELEASE, 1, self._prefix + email_id, token)
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from exc
 

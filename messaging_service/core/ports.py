@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from messaging_service.core.values import DeadLetter, OutgoingEmail, SendReport
+from messaging_service.core.values import Claim, DeadLetter, OutgoingEmail, SendReport
 
 
 class Sender(Protocol):
@@ -32,7 +32,15 @@ class DeadLetterSink(Protocol):
 
 
 class SentLog(Protocol):
-    """Ids the relay accepted. Raises SentLogUnavailableError when the store cannot answer."""
+    """Ids the relay accepted, and claims on ids being sent.
+
+    ``claim`` atomically takes the id for ``token`` unless it was sent or another token holds
+    a live claim (its own token's claim answers CLAIMED again); ``record`` marks it sent (the
+    claim included); ``release`` drops the claim only while ``token`` still holds it. Every
+    method raises SentLogUnavailableError when the store cannot answer.
+    """
 
     async def seen(self, email_id: str) -> bool: ...
+    async def claim(self, email_id: str, token: str) -> Claim: ...
     async def record(self, email_id: str) -> None: ...
+    async def release(self, email_id: str, token: str) -> None: ...

@@ -18,6 +18,18 @@ class Outcome(enum.StrEnum):
     """Every recipient is on the suppression list: finished without an SMTP attempt."""
 
 
+class Claim(enum.Enum):
+    """What the sent-id record answered a sender claiming a request id before an attempt."""
+
+    CLAIMED = "claimed"
+    """Nobody else holds it and it was not sent: this sender holds it until it records the
+    id (after the relay's 250) or releases it (after a failed attempt), or the claim expires."""
+    SENT = "sent"
+    """It was sent already: finish as a duplicate."""
+    HELD = "held"
+    """Another sender holds a live claim on it: neither send nor skip; ask again later."""
+
+
 class FailureReason(enum.StrEnum):
     """Why a request was dead-lettered; the value is the ``email-failure-reason`` header."""
 

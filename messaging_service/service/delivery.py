@@ -61,6 +61,12 @@ class Delivery:
     """The lane it came in by (its topic): counted by lane in the metrics, named in events."""
     trace: RequestTrace = NO_TRACE
     """Its spans when tracing is on (started by its first step), else the shared no-op."""
+    claim_token: str | None = None
+    """What it claims its id with in the sent-id record (made on its first claim, then kept)."""
+    claimed: bool = False
+    """It holds the claim on its id: released after a failed attempt, recorded after a 250."""
+    claim_waits: int = 0
+    """Times it found its id claimed by another sender and waited (no attempt spent)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from messaging_service.core.retry import Backoff, RetryPolicy
 from messaging_service.core.suppression import normalise_address
 from messaging_service.core.throttle import is_throttling
 from messaging_service.core.values import (
+    Claim,
     DeadLetter,
     FailureReason,
     Outcome,
@@ -48,6 +49,7 @@ from messaging_service.errors import (
     SmtpTransientError,
     SmtpUnavailableError,
 )
+from messaging_service.service.claims import SendClaims
 from messaging_service.service.delivery import Delivery, Parked, RetryIn, Step, Unfetched
 from messaging_service.service.health import Health
 from messaging_service.service.outcomes import Outcomes
@@ -100,6 +102,7 @@ class RequestHandler:
         self._sender = ports.sender
         self._dead_letters = ports.dead_letters
         self._sent_log = ports.sent_log
+        self._claims = SendClaims(ports.sent_log, metrics=metrics)
         self._suppressor = ports.suppressor
         self._fetcher = ports.fetcher
         self._outcomes = outcomes
@@ -158,6 +161,8 @@ class RequestHandler:
         """
         self._metrics.unexpected_errors.inc()
         log.error("unexpected_error", exc_info=error, attempt=delivery.attempts)
+        if delivery.email_id is not None:
+            await self._claims.release(delivery, delivery.email_id)
         if delivery.final_event is not None:
             return await self._outcomes.report(delivery)
         if delivery.dead_letter is not None:
@@ -203,10 +208,14 @@ class RequestHandler:
         return None
 
     async def _attempt(self, delivery: Delivery, email: OutgoingEmail) -> Step:
-        if await self._already_sent(email.email_id):
+        claim = await self._claims.claim(delivery, email.email_id)
+        if claim is Claim.SENT:
             return await self._duplicate(delivery)
+        if claim is Claim.HELD:
+            return self._claims.held(delivery)
         remaining = await self._without_suppressed(delivery, email)
         if remaining is None:
+            await self._claims.release(delivery, email.email_id)
             self._metrics.suppressed.inc()
             log.info("email_suppressed", recipients=len(delivery.suppressed))
             return await self._outcomes.conclude(
@@ -216,6 +225,7 @@ class RequestHandler:
             )
         email = remaining
         if self._relay.circuit_open:
+            await self._claims.release(delivery, email.email_id)
             log.info("email_parked", reason="smtp_circuit_open", attempt=delivery.attempts)
             return Parked()
         if self._limiter is not None:
@@ -227,6 +237,7 @@ class RequestHandler:
         try:
             report = await self._send(delivery, email)
         except SmtpError as exc:
+            await self._claims.release(delivery, email.email_id)
             return await self._failed(delivery, exc, started)
         self._observe_attempt(started, None)
         self._relay_answered()

@@ -123,8 +123,14 @@ class Metrics:
         """The sent-id record, outcome events and the suppression list."""
         self.dedup_unavailable = Counter(
             _PREFIX + "dedup_unavailable",
-            "Sent-id store operations that failed (seen or record); sending went on regardless.",
+            "Sent-id store operations that failed (seen, claim, release or record); sending went "
+            "on regardless.",
             ["operation"],
+            registry=registry,
+        )
+        self.claim_waits = Counter(
+            _PREFIX + "claim_waits",
+            "Attempts put off because another sender held the claim on the request's id.",
             registry=registry,
         )
         self.events_published = Counter(

@@ -5,7 +5,8 @@ commit point back, so at the kill many finished requests are not committed yet. 
 record (the in-memory default) the restarted process sends them all again (on Apache Kafka
 fewer: the committed offset maps list some); with Redis it skips them, and only sends that were
 under way at the kill (the relay's 250 reached it, the record did not get written) can be
-duplicated: at most one per worker.
+duplicated: at most one per worker. Their claims outlive the kill: the restarted process waits
+for them to expire (DEDUP_CLAIM_TTL, short here) before it sends those requests.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ async def test_kill_9_mid_batch_loses_nothing_and_counts_duplicates(
         workers=WORKERS,
         retry_delays="3",
         redis_url=redis_url,
+        dedup={"claim_ttl": 10},
     )
 
     first = ServiceProcess(settings, tmp_path / "first.log")

@@ -77,6 +77,27 @@ async def test_with_redis_down_every_request_is_still_sent(
         await wait_committed(broker, topics, len(ids))
         assert service.metric("email_sent_total") == len(ids)
         assert service.metric("email_dead_letters_total", reason="retries_exhausted") == 0
-        assert service.metric("email_dedup_unavailable_total", operation="seen") > 0
+        # The look-up before a send is the claim now.
+        assert service.metric("email_dedup_unavailable_total", operation="claim") > 0
         assert service.metric("email_dedup_unavailable_total", operation="record") > 0
     assert sorted(message.email_id or "" for message in relay.messages) == sorted(ids)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_two_copies_in_flight_at_once_are_sent_once(
+    broker: Broker, topics: Topics, relay: SmtpTestServer, tmp_path: Path, store: str
+) -> None:
+    """A producer wrote the request twice: while the first copy is being sent (the relay is
+    slow), the second waits for its claim, then finishes as a duplicate."""
+    with RedisServer(tmp_path / "redis") as redis:
+        redis_url = redis.url if store == "redis" else None
+        settings = settings_for(broker, topics, relay.port, redis_url=redis_url)
+        relay.delay_data(2.0, email_id="twin-1")
+        payloads = [request_payload("twin-1"), request_payload("twin-1")]
+        async with in_process(settings) as service:
+            await produce(broker.bootstrap, topics.requests, payloads)
+            await wait_committed(broker, topics, 2)
+            assert service.metric("email_sent_total") == 1
+            assert service.metric("email_duplicates_skipped_total") == 1
+            assert service.metric("email_claim_waits_total") >= 1
+    assert [message.email_id for message in relay.messages] == ["twin-1"]

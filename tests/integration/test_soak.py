@@ -248,6 +248,8 @@ async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_ever
             retry_delays="1,5,10",
             smtp_timeout=2.0,
             redis_url=redis.url,
+            # The killed replica's claims hold its sends under way back this long.
+            dedup={"claim_ttl": 10},
         )
         probe = {"SMTP_PROBE_INTERVAL": "1"}
         replicas = [

@@ -8,7 +8,13 @@ from collections.abc import Collection, Mapping
 
 from messaging_service.core.events import OutcomeEvent
 from messaging_service.core.offsets import Commit, TopicPartition
-from messaging_service.core.values import DeadLetter, InboundRecord, OutgoingEmail, SendReport
+from messaging_service.core.values import (
+    Claim,
+    DeadLetter,
+    InboundRecord,
+    OutgoingEmail,
+    SendReport,
+)
 from messaging_service.errors import (
     DeadLetterUnavailableError,
     EventsUnavailableError,
@@ -50,18 +56,23 @@ class FakeDeadLetters:
 
 
 class FakeSentLog:
-    """A SentLog in a set; ``seen_error``/``record_error`` make the store fail as Redis would."""
+    """A SentLog in a set and a dict of claims; ``seen_error`` (every look-up: ``seen`` and
+    ``claim``), ``record_error`` and ``release_error`` make the store fail as Redis would."""
 
     def __init__(
         self,
         *ids: str,
         seen_error: Exception | None = None,
         record_error: Exception | None = None,
+        release_error: Exception | None = None,
     ) -> None:
         self.ids: set[str] = set(ids)
+        self.claims: dict[str, str] = {}  # id -> token
         self.seen_error = seen_error
         self.record_error = record_error
+        self.release_error = release_error
         self.lookups: list[str] = []
+        self.releases: list[str] = []
 
     async def seen(self, email_id: str) -> bool:
         self.lookups.append(email_id)
@@ -69,9 +80,27 @@ class FakeSentLog:
             raise self.seen_error
         return email_id in self.ids
 
+    async def claim(self, email_id: str, token: str) -> Claim:
+        self.lookups.append(email_id)
+        if self.seen_error is not None:
+            raise self.seen_error
+        if email_id in self.ids:
+            return Claim.SENT
+        if self.claims.setdefault(email_id, token) != token:
+            return Claim.HELD
+        return Claim.CLAIMED
+
+    async def release(self, email_id: str, token: str) -> None:
+        self.releases.append(email_id)
+        if self.release_error is not None:
+            raise self.release_error
+        if self.claims.get(email_id) == token:
+            del self.claims[email_id]
+
     async def record(self, email_id: str) -> None:
         if self.record_error is not None:
             raise self.record_error
+        self.claims.pop(email_id, None)
         self.ids.add(email_id)
 
 

@@ -42,6 +42,7 @@ def settings_for(
     events_topic: str = "",
     suppression: bool = True,
     kafka: Mapping[str, Any] | None = None,
+    dedup: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Settings for one test: its own topics and group, the group timeouts ``broker`` takes.
 
@@ -73,7 +74,7 @@ def settings_for(
         },
         http={"host": "127.0.0.1", "port": 0},
         runtime={"shutdown_timeout": shutdown_timeout, **(runtime or {})},
-        dedup={"redis_url": redis_url, "key_prefix": f"{topics.group}:sent:"},
+        dedup={"redis_url": redis_url, "key_prefix": f"{topics.group}:sent:", **(dedup or {})},
         dkim=dict(dkim or {}),
     )
 
@@ -116,6 +117,7 @@ def environment_for(settings: Settings, *, http_port: int) -> dict[str, str]:
             "SHUTDOWN_TIMEOUT": str(settings.runtime.shutdown_timeout),
             "WATCHDOG_TIMEOUT": str(settings.runtime.watchdog_timeout),
             "DEDUP_KEY_PREFIX": settings.dedup.key_prefix,
+            "DEDUP_CLAIM_TTL": str(settings.dedup.claim_ttl),
         }
     )
     if kafka.priority_topic is not None:

@@ -17,7 +17,7 @@ from messaging_service.adapters.kafka_consumer import ConsumerError
 from messaging_service.core.lanes import Lane
 from messaging_service.core.offsets import Commit, TopicPartition
 from messaging_service.core.templates import TemplateRenderer
-from messaging_service.core.values import DeadLetter, InboundRecord
+from messaging_service.core.values import Claim, DeadLetter, InboundRecord
 from messaging_service.service.pool import Job
 from support.fakes import FakeSender, FakeSource, record
 from support.pipeline import TP, running
@@ -94,7 +94,13 @@ async def test_a_sent_id_store_bug_still_ends_in_an_outcome() -> None:
         async def seen(self, email_id: str) -> bool:
             raise RuntimeError("a bug in the sent-id store")
 
+        async def claim(self, email_id: str, token: str) -> Claim:
+            raise RuntimeError("a bug in the sent-id store")
+
         async def record(self, email_id: str) -> None:
+            raise RuntimeError("a bug in the sent-id store")
+
+        async def release(self, email_id: str, token: str) -> None:
             raise RuntimeError("a bug in the sent-id store")
 
     sender = FakeSender()

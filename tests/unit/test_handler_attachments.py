@@ -187,3 +187,29 @@ async def test_a_request_already_sent_is_not_fetched_again() -> None:
     step = await subject.process(Delivery(record(payload(attachments=[TERMS]))))
     assert step == Finished(Outcome.DUPLICATE)
     assert fetcher.urls == []
+
+
+async def test_an_id_another_sender_holds_is_fetched_and_waits_not_skipped() -> None:
+    """Being sent is not sent: the look-up before the download must not end it as duplicate."""
+    sent_log = FakeSentLog()
+    sent_log.claims["a-1"] = "another-replica"
+    fetcher = FakeFetcher(b"%PDF")
+    sender = FakeSender()
+    subject = make_handler(
+        renderer=RENDERER,
+        builder=MessageBuilder("Shop <shop@example.com>"),
+        sender=sender,
+        dead_letters=FakeDeadLetters(),
+        policy=RetryPolicy(max_retries=2, delays=(1, 5)),
+        metrics=Metrics(CollectorRegistry()),
+        health=Health(),
+        limits=RequestLimits(attachment_url_hosts=HOSTS),
+        fetcher=fetcher,
+        sent_log=sent_log,
+    )
+    delivery = Delivery(record(payload(attachments=[TERMS])))
+    assert await subject.process(delivery) == RetryIn(1.0)
+    assert (len(fetcher.urls), sender.attempts, delivery.attempts) == (1, 0, 0)
+    del sent_log.claims["a-1"]  # the holder's attempt failed and it let go
+    assert await subject.process(delivery) == Finished(Outcome.SENT)
+    assert len(fetcher.urls) == 1, "fetched once: the bytes are kept across the wait"

@@ -105,9 +105,10 @@ async def test_an_unreadable_store_fails_open_sends_and_counts() -> None:
         step = await harness.run_to_end(Delivery(record(welcome())))
     assert step == Finished(Outcome.SENT)
     assert len(harness.sender.sent) == 1
-    assert harness.metric("email_dedup_unavailable_total", operation="seen") == 1
+    # The look-up before a send is the claim now.
+    assert harness.metric("email_dedup_unavailable_total", operation="claim") == 1
     [warning] = [entry for entry in logs if entry["event"] == "dedup_unavailable"]
-    assert warning["operation"] == "seen"
+    assert warning["operation"] == "claim"
     assert "connection refused" in warning["error"]
 
 
