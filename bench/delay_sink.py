@@ -86,6 +86,7 @@ class _Session(asyncio.Protocol):
         self._in_data = False
         self._scanned = 0  # bytes of the message already searched for the end marker
         self._transport: asyncio.Transport | None = None
+        self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -97,35 +98,44 @@ class _Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
+        # Replies to pipelined commands go out in one write once the input is consumed, as
+        # Postfix's smtpd flushes its output only when it has no more input to read.
+        replies: list[bytes] = []
         while self._transport is not None:
             if self._in_data:
                 if not self._end_of_message():
-                    return
+                    break
             else:
                 end = self._buffer.find(b"\r\n")
                 if end < 0:
-                    return
+                    break
                 line = bytes(self._buffer[:end])
                 del self._buffer[: end + 2]
-                self._command(line)
+                if not self._command(line, replies):
+                    break
+        if replies and self._transport is not None:
+            self._transport.write(b"".join(replies))
+            if self._closing:
+                self._transport.close()
 
-    def _command(self, line: bytes) -> None:
-        transport = self._transport
-        assert transport is not None
+    def _command(self, line: bytes, replies: list[bytes]) -> bool:
+        """Answer one command into ``replies``; False once the session ends (QUIT)."""
         verb = line[:4].upper()
         if verb == b"EHLO":
-            transport.write(_EHLO)
+            replies.append(_EHLO)
         elif verb in (b"HELO", b"MAIL", b"RCPT", b"RSET", b"NOOP"):
-            transport.write(_OK)
+            replies.append(_OK)
         elif verb == b"DATA":
             self._in_data = True
             self._scanned = 0
-            transport.write(_GO_AHEAD)
+            replies.append(_GO_AHEAD)
         elif verb == b"QUIT":
-            transport.write(_BYE)
-            transport.close()
+            replies.append(_BYE)
+            self._closing = True
+            return False
         else:
-            transport.write(_UNKNOWN)
+            replies.append(_UNKNOWN)
+        return True
 
     def _end_of_message(self) -> bool:
         """Consume one message if its end marker has arrived; False while it has not."""
