@@ -26,7 +26,7 @@ from messaging_service.config import ConfigError, Settings, environment_items, l
 from messaging_service.errors import ServiceError
 from messaging_service.supervisor import process_count, run_supervisor
 from messaging_service.telemetry import logcontext
-from messaging_service.telemetry.logging import configure_logging
+from messaging_service.telemetry.logging import configure_logging, flush_logs
 from messaging_service.telemetry.tracing import (
     Publish,
     Tracing,
@@ -120,6 +120,7 @@ def run(processes: str | None) -> None:
         sys.exit(1)
     finally:
         tracing.close()  # exports the spans still buffered
+        flush_logs()  # the lines of the loop's last moments (atexit would too)
     if not committed:
         # Logged as final_commit_failed; nothing is lost, Kafka delivers it again.
         sys.exit(1)

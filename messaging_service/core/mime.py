@@ -274,7 +274,7 @@ def _text_part(subtype: str, content: str, *, last: bool = False) -> bytes:
         content.isascii()
         and "\0" not in content
         and "=_" not in content  # so no text can look like a boundary (see ``build``)
-        and (len(content) <= _MAX_7BIT_LINE or _longest_line(content) <= _MAX_7BIT_LINE)
+        and _lines_fit(content)
         and (not last or not content or content.endswith("\n"))
     ):
         return _PART_HEAD[subtype, "7bit"] + content.replace("\n", CRLF).encode("ascii")
@@ -285,8 +285,16 @@ def _text_part(subtype: str, content: str, *, last: bool = False) -> bytes:
     return _PART_HEAD[subtype, "quoted-printable"] + encoded
 
 
-def _longest_line(content: str) -> int:
-    return max(map(len, content.split("\n")))
+def _lines_fit(content: str) -> bool:
+    """Whether no line is longer than 78 characters; stops at the first that is."""
+    if len(content) <= _MAX_7BIT_LINE:
+        return True
+    start = 0
+    while (end := content.find("\n", start)) >= 0:
+        if end - start > _MAX_7BIT_LINE:
+            return False
+        start = end + 1
+    return len(content) - start <= _MAX_7BIT_LINE
 
 
 def _qp(content: str) -> bytes:

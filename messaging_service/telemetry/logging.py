@@ -31,8 +31,8 @@ def configure_logging(
 
     ``processors`` see each event with its bound context before it is rendered (dev mode
     turns some into lines of its own); one may drop an event with ``structlog.DropEvent``.
-    With ``batch_writes`` (the service), the lines an event loop pass logs are written
-    together when the pass ends (``LoopBatchedStream``) instead of one write per line.
+    With ``batch_writes`` (the service), lines are written in batches at most 10 ms after
+    they were logged (``LoopBatchedStream``) instead of one write per line.
     """
     stream = sys.stdout if stream is None else stream
     if batch_writes:
@@ -93,13 +93,26 @@ def render_json(_logger: object, _method: str, event: structlog.types.EventDict)
     return _JSON.encode(event)
 
 
+# How long a logged line may wait to be written with the lines logged after it.
+FLUSH_DELAY = 0.01
+_BATCHED: list[LoopBatchedStream] = []
+
+
+def flush_logs() -> None:
+    """Write every line still kept by a batched stream (once the event loop has ended)."""
+    for stream in _BATCHED:
+        stream.flush_now()
+
+
 class LoopBatchedStream:
-    """A text stream whose lines are written once per event loop pass, all together.
+    """A text stream whose lines are written together, at most ``FLUSH_DELAY`` after the first.
 
     ``write`` keeps the text; ``flush`` (which every logger calls after each line) asks the
-    running loop to write what was kept when the current pass ends, so a busy service makes
-    one system call for the lines of many requests. Without a running loop (start-up,
-    shutdown, other threads) it writes at once; at exit whatever is kept is written.
+    running loop to write what was kept ``FLUSH_DELAY`` later, so a busy service makes one
+    system call for the lines of many requests. Without a running loop (start-up, shutdown,
+    other threads) it writes at once; at exit whatever is kept is written. A process killed
+    with SIGKILL loses at most the last ``FLUSH_DELAY`` of its lines (its state is in Kafka's
+    commits, not in its log).
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -107,6 +120,7 @@ class LoopBatchedStream:
         self._kept: list[str] = []
         self._lock = threading.Lock()
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
+        _BATCHED.append(self)
         atexit.register(self.flush_now)
 
     def write(self, text: str) -> int:
@@ -123,7 +137,7 @@ class LoopBatchedStream:
         if self._scheduled_on is not loop:
             # Also when a flush was asked on a loop that stopped before it ran.
             self._scheduled_on = loop
-            loop.call_soon(self._flush_scheduled)
+            loop.call_later(FLUSH_DELAY, self._flush_scheduled)
 
     def flush_now(self) -> None:
         with self._lock:

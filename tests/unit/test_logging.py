@@ -13,7 +13,11 @@ import structlog
 
 from messaging_service.config import LogFormat, LogLevel, LogSettings
 from messaging_service.telemetry import logcontext
-from messaging_service.telemetry.logging import LoopBatchedStream, configure_logging
+from messaging_service.telemetry.logging import (
+    FLUSH_DELAY,
+    LoopBatchedStream,
+    configure_logging,
+)
 
 
 def test_bound_fields_are_restored_after_the_block() -> None:
@@ -47,14 +51,15 @@ async def _current() -> dict[str, object]:
     return dict(logcontext.current())
 
 
-async def test_lines_logged_in_one_loop_pass_are_written_together() -> None:
+async def test_lines_logged_close_together_are_written_together() -> None:
     target = _CountingStream()
     stream = LoopBatchedStream(target)
     for n in range(3):
         stream.write(f"line {n}\n")
         stream.flush()
-    assert target.getvalue() == ""  # kept until the pass ends
     await asyncio.sleep(0)
+    assert target.getvalue() == ""  # kept for a moment
+    await asyncio.sleep(FLUSH_DELAY * 3)
     assert target.getvalue() == "line 0\nline 1\nline 2\n"
     assert target.writes == 1
 
@@ -71,15 +76,29 @@ def test_a_flush_asked_on_a_loop_that_stopped_is_asked_again_on_the_next() -> No
     target = _CountingStream()
     stream = LoopBatchedStream(target)
 
-    async def log(text: str) -> None:
+    async def log(text: str, *, wait: float) -> None:
         stream.write(text)
         stream.flush()
+        await asyncio.sleep(wait)
 
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(log("first\n"))  # its flush is queued on this loop
+    loop.run_until_complete(log("first\n", wait=0))  # its flush is due on this loop
     loop.close()  # ... which never runs it
-    asyncio.run(log("second\n"))
+    asyncio.run(log("second\n", wait=FLUSH_DELAY * 3))
     assert target.getvalue() == "first\nsecond\n"
+
+
+def test_what_is_kept_is_written_when_asked_at_the_end() -> None:
+    target = _CountingStream()
+    stream = LoopBatchedStream(target)
+
+    async def log() -> None:
+        stream.write("last words\n")
+        stream.flush()
+
+    asyncio.run(log())
+    stream.flush_now()  # what the command does once its loop has ended (and atexit)
+    assert target.getvalue() == "last words\n"
 
 
 def test_other_threads_write_at_once() -> None:
@@ -106,7 +125,7 @@ async def test_the_service_logs_json_with_the_bound_fields() -> None:
     try:
         with logcontext.bound(email_id="e-1"):
             structlog.get_logger("t").info("email_sent", attempt=1, odd={1, 2})
-        await asyncio.sleep(0)
+        await asyncio.sleep(FLUSH_DELAY * 3)
     finally:
         structlog.reset_defaults()
         root.handlers[:] = handlers
