@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -183,7 +184,9 @@ class RequestHandler:
             try:
                 if self._fetcher is None:
                     raise AttachmentError("attachment URLs are not fetched by this service")
-                parts[index] = part.with_data(await self._fetcher.fetch(part.url, max_bytes=budget))
+                with delivery.trace.download(urlsplit(part.url).hostname or ""):
+                    data = await self._fetcher.fetch(part.url, max_bytes=budget)
+                parts[index] = part.with_data(data)
             except AttachmentError as exc:
                 error = AttachmentError(f"attachment {part.filename!r}: {exc}")
                 return await self._dead_letter(delivery, FailureReason.ATTACHMENT_ERROR, error)

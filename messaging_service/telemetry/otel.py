@@ -130,6 +130,14 @@ class OtelRequestTrace:
         ) as span:
             yield _Attempt(span)
 
+    def download(self, host: str) -> AbstractContextManager[object]:
+        return self._tracer.start_as_current_span(
+            "attachment download",
+            context=self._context,
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": "GET", "server.address": host},
+        )
+
     @contextmanager
     def publish(self, what: Publish) -> Iterator[Sequence[Header]]:
         topic = self._topics[what]

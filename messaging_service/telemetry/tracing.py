@@ -53,6 +53,11 @@ class RequestTrace(Protocol):
 
     def attempt(self, number: int) -> AbstractContextManager[Attempt]: ...
 
+    def download(self, host: str) -> AbstractContextManager[object]:
+        """A span around fetching one attachment URL from ``host`` (never the whole URL,
+        whose query may carry a pre-signed credential)."""
+        ...
+
     def publish(self, what: Publish) -> AbstractContextManager[Sequence[Header]]:
         """A span around publishing a record; yields the trace-context headers to add."""
         ...
@@ -92,6 +97,9 @@ class _NoTrace:
 
     def attempt(self, number: int) -> AbstractContextManager[Attempt]:
         return self._attempt
+
+    def download(self, host: str) -> AbstractContextManager[object]:
+        return self._plain
 
     def publish(self, what: Publish) -> AbstractContextManager[Sequence[Header]]:
         return self._headers

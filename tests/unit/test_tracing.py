@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from messaging_service.adapters.dead_letters import dead_letter_headers
+from messaging_service.core.contract import RequestLimits
 from messaging_service.core.events import EventType, event_record
 from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.retry import RetryPolicy
@@ -41,7 +42,7 @@ from messaging_service.telemetry.tracing import (
     tracing_from_environment,
     wanted_exporter,
 )
-from support.fakes import FakeDeadLetters, FakeEvents, FakeSender
+from support.fakes import FakeDeadLetters, FakeEvents, FakeFetcher, FakeSender
 from support.handler import make_handler
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -172,6 +173,38 @@ async def test_every_smtp_attempt_is_a_span_with_its_reply_code(
     assert attempts[0].events[0].name == "exception"
     (process,) = by_name(exporter)["process email.requests"]
     assert {parent_id(s) for s in attempts} == {process.context.span_id}
+
+
+async def test_an_attachment_download_is_a_client_span_naming_only_the_host(
+    tracing: OtelTracing, exporter: InMemorySpanExporter
+) -> None:
+    handler = make_handler(
+        renderer=TemplateRenderer(),
+        builder=MessageBuilder("Shop <shop@example.com>"),
+        sender=FakeSender(),
+        dead_letters=FakeDeadLetters(),
+        policy=RetryPolicy(max_retries=3, delays=(1,)),
+        metrics=Metrics(CollectorRegistry()),
+        health=Health(),
+        tracing=tracing,
+        limits=RequestLimits(attachment_url_hosts=("files.example.com",)),
+        fetcher=FakeFetcher(b"%PDF-1.7"),
+    )
+    url = "https://files.example.com/terms.pdf?X-Amz-Signature=secret"
+    attachments = [{"filename": "terms.pdf", "url": url}]
+    assert await run_to_end(handler, Delivery(inbound(attachments=attachments))) == Finished(
+        Outcome.SENT
+    )
+    spans = by_name(exporter)
+    (download,) = spans["attachment download"]
+    (process,) = spans["process email.requests"]
+    assert download.kind is SpanKind.CLIENT
+    assert parent_id(download) == process.context.span_id
+    # The host only: the URL's query carries a pre-signed credential.
+    assert download.attributes == {
+        "http.request.method": "GET",
+        "server.address": "files.example.com",
+    }
 
 
 async def test_a_dead_letter_carries_the_trace_context_of_its_publish_span(
