@@ -18,6 +18,10 @@ _SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 _E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 900)
 
 _PREFIX = "email_"
+_LANE = ("lane",)
+
+_Labels = tuple[str, ...]
+_Buckets = tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,174 +47,159 @@ class LiveState:
     """finished offsets above the commit point that the last commit's offset map left out"""
 
 
+@dataclass(frozen=True, slots=True)
+class _Declare:
+    """Makes the service's metrics on one registry: a name without the prefix, help, labels."""
+
+    registry: CollectorRegistry
+
+    def counter(self, name: str, documentation: str, *, labels: _Labels = ()) -> Counter:
+        return Counter(_PREFIX + name, documentation, labels, registry=self.registry)
+
+    def histogram(
+        self, name: str, documentation: str, *, labels: _Labels = (), buckets: _Buckets
+    ) -> Histogram:
+        return Histogram(
+            _PREFIX + name, documentation, labels, buckets=buckets, registry=self.registry
+        )
+
+
 class Metrics:
     """Every metric the service exports. Construct once per registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._outcomes(registry)
-        self._stores(registry)
-        self._kafka(registry)
-        self._timings(registry)
+        new = _Declare(registry)
+        self._outcomes(new)
+        self._stores(new)
+        self._kafka(new)
+        self._timings(new)
         # By lane: priority (KAFKA_PRIORITY_TOPIC) or normal (KAFKA_TOPIC; every request when
         # there is no priority lane). The children are bound once: no label look-up per email.
         self.consumed_by_lane = {lane: self.consumed.labels(lane.value) for lane in Lane}
         self.sent_by_lane = {lane: self.sent.labels(lane.value) for lane in Lane}
         self.retries_by_lane = {lane: self.retries.labels(lane.value) for lane in Lane}
 
-    def _outcomes(self, registry: CollectorRegistry) -> None:
+    def _outcomes(self, new: _Declare) -> None:
         """What happened to requests and attempts."""
-        self.consumed = Counter(
-            _PREFIX + "requests_consumed",
-            "Requests read from the topics, by lane.",
-            ["lane"],
-            registry=registry,
+        self.consumed = new.counter(
+            "requests_consumed", "Requests read from the topics, by lane.", labels=_LANE
         )
-        self.sent = Counter(
-            _PREFIX + "sent", "Emails accepted by the relay, by lane.", ["lane"], registry=registry
-        )
-        self.dead_letters = Counter(
-            _PREFIX + "dead_letters",
+        self.sent = new.counter("sent", "Emails accepted by the relay, by lane.", labels=_LANE)
+        self.dead_letters = new.counter(
+            "dead_letters",
             "Requests published to the dead-letter topic, by reason and lane.",
-            ["reason", "lane"],
-            registry=registry,
+            labels=("reason", "lane"),
         )
-        self.retries = Counter(
-            _PREFIX + "retries",
+        self.retries = new.counter(
+            "retries",
             "Transient SMTP failures that were scheduled for another attempt, by lane.",
-            ["lane"],
-            registry=registry,
+            labels=_LANE,
         )
-        self.recipients_refused = Counter(
-            _PREFIX + "recipients_refused",
+        self.recipients_refused = new.counter(
+            "recipients_refused",
             "Recipients the relay refused while accepting the message for others.",
-            registry=registry,
         )
-        self.send_errors = Counter(
-            _PREFIX + "send_errors",
+        self.send_errors = new.counter(
+            "send_errors",
             "Failed SMTP attempts, by kind (transient, unavailable or rejected).",
-            ["kind"],
-            registry=registry,
+            labels=("kind",),
         )
-        self.dead_letter_publish_failures = Counter(
-            _PREFIX + "dead_letter_publish_failures",
+        self.dead_letter_publish_failures = new.counter(
+            "dead_letter_publish_failures",
             "Attempts to write the dead-letter topic that failed (they are retried).",
-            registry=registry,
         )
-        self.throttled = Counter(
-            _PREFIX + "throttled",
+        self.throttled = new.counter(
+            "throttled",
             "Throttling replies from the relay (421, 450, 451, 452, 454); each may cut the rate.",
-            registry=registry,
         )
-        self.duplicates_skipped = Counter(
-            _PREFIX + "duplicates_skipped",
+        self.duplicates_skipped = new.counter(
+            "duplicates_skipped",
             "Redelivered requests whose id was already sent; finished without sending.",
-            registry=registry,
         )
-        self.skipped_finished = Counter(
-            _PREFIX + "skipped_finished",
+        self.skipped_finished = new.counter(
+            "skipped_finished",
             "Redelivered records the last commit's offset map lists as finished; finished at "
             "once without processing.",
-            registry=registry,
         )
-        self.unexpected_errors = Counter(
-            _PREFIX + "unexpected_errors",
+        self.unexpected_errors = new.counter(
+            "unexpected_errors",
             "Exceptions no adapter translated (bugs); the request is retried, then dead-lettered.",
-            registry=registry,
         )
 
-    def _stores(self, registry: CollectorRegistry) -> None:
+    def _stores(self, new: _Declare) -> None:
         """The sent-id record, outcome events and the suppression list."""
-        self.dedup_unavailable = Counter(
-            _PREFIX + "dedup_unavailable",
+        self.dedup_unavailable = new.counter(
+            "dedup_unavailable",
             "Sent-id store operations that failed (seen, claim, release or record); sending went "
             "on regardless.",
-            ["operation"],
-            registry=registry,
+            labels=("operation",),
         )
-        self.claim_waits = Counter(
-            _PREFIX + "claim_waits",
+        self.claim_waits = new.counter(
+            "claim_waits",
             "Attempts put off because another sender held the claim on the request's id.",
-            registry=registry,
         )
-        self.events_published = Counter(
-            _PREFIX + "events_published",
+        self.events_published = new.counter(
+            "events_published",
             "Outcome events the broker acknowledged on KAFKA_EVENTS_TOPIC, by type.",
-            ["type"],
-            registry=registry,
+            labels=("type",),
         )
-        self.event_publish_failures = Counter(
-            _PREFIX + "event_publish_failures",
+        self.event_publish_failures = new.counter(
+            "event_publish_failures",
             "Attempts to write the events topic that failed (final events are retried).",
-            registry=registry,
         )
-        self.suppressed = Counter(
-            _PREFIX + "suppressed",
+        self.suppressed = new.counter(
+            "suppressed",
             "Requests finished without an SMTP attempt: every recipient was suppressed.",
-            registry=registry,
         )
-        self.recipients_suppressed = Counter(
-            _PREFIX + "recipients_suppressed",
+        self.recipients_suppressed = new.counter(
+            "recipients_suppressed",
             "Recipients dropped before sending because they are on the suppression list.",
-            registry=registry,
         )
-        self.suppressions_added = Counter(
-            _PREFIX + "suppressions_added",
+        self.suppressions_added = new.counter(
+            "suppressions_added",
             "Addresses put on the suppression list after a hard bounce at RCPT.",
-            registry=registry,
         )
-        self.suppression_unavailable = Counter(
-            _PREFIX + "suppression_unavailable",
+        self.suppression_unavailable = new.counter(
+            "suppression_unavailable",
             "Suppression-list operations that failed (check or add); sending went on regardless.",
-            ["operation"],
-            registry=registry,
+            labels=("operation",),
         )
 
-    def _kafka(self, registry: CollectorRegistry) -> None:
+    def _kafka(self, new: _Declare) -> None:
         """Offsets, commits, revocations and partition resets."""
-        self.commits = Counter(
-            _PREFIX + "offset_commits", "Successful offset commits.", registry=registry
-        )
-        self.commit_failures = Counter(
-            _PREFIX + "offset_commit_failures", "Offset commits that failed.", registry=registry
-        )
-        self.revocations = Counter(
-            _PREFIX + "partition_revocations",
+        self.commits = new.counter("offset_commits", "Successful offset commits.")
+        self.commit_failures = new.counter("offset_commit_failures", "Offset commits that failed.")
+        self.revocations = new.counter(
+            "partition_revocations",
             "Revocations of partitions, by whether their queued and running requests finished "
             "within KAFKA_REVOCATION_TIMEOUT_MS (complete) or not (timed_out).",
-            ["result"],
-            registry=registry,
+            labels=("result",),
         )
-        self.revoked_released = Counter(
-            _PREFIX + "revoked_requests_released",
+        self.revoked_released = new.counter(
+            "revoked_requests_released",
             "Unfinished requests of revoked partitions left to the new owner, by state "
             "(retry_waiting, or unfinished when the revocation timed out).",
-            ["state"],
-            registry=registry,
+            labels=("state",),
         )
-        self.partition_resets = Counter(
-            _PREFIX + "partition_resets",
+        self.partition_resets = new.counter(
+            "partition_resets",
             "Partitions whose bookkeeping was started again, by reason: offset_rewound (Kafka "
             "delivered an offset at or below one already tracked) or not_assigned (the consumer "
             "no longer owns it).",
-            ["reason"],
-            registry=registry,
+            labels=("reason",),
         )
 
-    def _timings(self, registry: CollectorRegistry) -> None:
+    def _timings(self, new: _Declare) -> None:
         """Durations: one SMTP attempt, and record to outcome."""
-        self.send_duration = Histogram(
-            _PREFIX + "send_duration_seconds",
-            "Duration of one SMTP attempt.",
-            buckets=_SEND_BUCKETS,
-            registry=registry,
+        self.send_duration = new.histogram(
+            "send_duration_seconds", "Duration of one SMTP attempt.", buckets=_SEND_BUCKETS
         )
-        self.end_to_end = Histogram(
-            _PREFIX + "end_to_end_duration_seconds",
+        self.end_to_end = new.histogram(
+            "end_to_end_duration_seconds",
             "From the Kafka record's timestamp to the request's final outcome, by lane.",
-            ["outcome", "lane"],
+            labels=("outcome", "lane"),
             buckets=_E2E_BUCKETS,
-            registry=registry,
         )
 
     def watch(self, state: LiveState) -> None:
@@ -231,11 +220,7 @@ class _LiveCollector(Collector):
     def _pool(self) -> Iterator[Metric]:
         pool = self._state.pool()
         for field in ("completed", "failed", "panicked"):
-            counter = CounterMetricFamily(
-                _PREFIX + f"pool_jobs_{field}", f"Worker pool jobs {field}."
-            )
-            counter.add_metric([], pool[field])
-            yield counter
+            yield _counter(f"pool_jobs_{field}", f"Worker pool jobs {field}.", pool[field])
         yield _gauge("worker_pool_size", "Workers in the pool.", pool["size"])
         yield _gauge("workers_busy", "Workers running a request now.", pool["running"])
         queue = GaugeMetricFamily(
@@ -288,11 +273,9 @@ class _LiveCollector(Collector):
             "1 while the relay circuit is open: sends stopped, consumption paused, probing.",
             1.0 if self._state.circuit_open() else 0.0,
         )
-        opened = CounterMetricFamily(
-            _PREFIX + "smtp_circuit_opened", "Times the relay circuit opened."
+        yield _counter(
+            "smtp_circuit_opened", "Times the relay circuit opened.", self._state.circuit_opened()
         )
-        opened.add_metric([], self._state.circuit_opened())
-        yield opened
         yield _gauge(
             "parked_requests",
             "Requests held while the relay circuit is open (no attempt spent).",
@@ -322,3 +305,7 @@ class _LiveCollector(Collector):
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(_PREFIX + name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(_PREFIX + name, documentation, value=value)

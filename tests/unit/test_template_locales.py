@@ -84,3 +84,27 @@ def test_password_reset_links_its_url_once_per_part() -> None:
         assert rendered.text is not None
         assert rendered.html.count(DATA["reset_url"]) == 1  # type: ignore[arg-type]
         assert rendered.text.count(DATA["reset_url"]) == 1  # type: ignore[arg-type]
+
+
+def test_an_extra_layout_reaches_the_german_builtins_with_their_language_and_footer(
+    tmp_path: Path,
+) -> None:
+    """German built-ins extend ``_layout_de.html``, which extends whichever ``_layout.html``."""
+    (tmp_path / "_layout.html").write_text(
+        '<html lang="{% block lang %}en{% endblock %}"><main>{% block content %}{% endblock %}'
+        "</main><footer>{% block footer %}Ours{% endblock %}</footer></html>"
+    )
+    renderer = TemplateRenderer(tmp_path)
+    request = EmailRequest(id="r", template="welcome", to=["a@example.com"], data=DATA)
+    german = renderer.render(request.model_copy(update={"locale": "de"})).html
+    english = renderer.render(request).html
+    assert german is not None
+    assert english is not None
+    assert german.startswith('<html lang="de"><main>')
+    assert "Willkommen, Ada!" in german
+    assert german.endswith(
+        "<footer>        Sie erhalten diese E-Mail, weil Sie ein Konto bei uns haben.\n"
+        "</footer></html>"
+    )
+    assert english.startswith('<html lang="en"><main>')
+    assert english.endswith("<footer>Ours</footer></html>")
