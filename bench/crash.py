@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +21,10 @@ from aiokafka import TopicPartition
 
 from messaging_service.adapters.kafka_admin import admin_client
 from messaging_service.core.offsetmap import OffsetMap, decode
-from support.kafka import create_topic
 
-from .service import ServiceConfig, ServiceProcess, metric
+from .service import metric
 from .sinks import DelaySink
+from .stage import Stage
 from .workload import produce_backlog
 
 MAP_DEFAULT = "3072"
@@ -75,17 +75,6 @@ async def _committed(bootstrap: str, group: str, topic: str, partitions: int) ->
     return total, mapped
 
 
-async def _until(
-    what: str, check: Callable[[], bool], *, limit: float, alive: ServiceProcess
-) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        alive.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"crash run: {what} not reached within {limit:.0f} s")
-        await asyncio.sleep(0.05)
-
-
 async def measure_crash(
     bootstrap: str,
     work_dir: Path,
@@ -95,32 +84,28 @@ async def measure_crash(
     run_id: str,
     env: Mapping[str, str] | None = None,
 ) -> CrashResult:
-    topic, dlq, group = f"{run_id}-requests", f"{run_id}-dlq", f"{run_id}-group"
-    await create_topic(bootstrap, topic, plan.partitions)
-    await create_topic(bootstrap, dlq, 1)
-    await produce_backlog(
-        bootstrap, topic, run_id=run_id, count=plan.requests, partitions=plan.partitions
-    )
-    began = time.monotonic()
-    sink = DelaySink(work_dir, delay=plan.delay, fail_every=plan.fail_every)
-    settings = {
-        "EMAIL_RETRY_DELAYS": str(plan.retry_delay),
-        "KAFKA_OFFSET_MAP_MAX_BYTES": MAP_DEFAULT if offset_map else "0",
-        **(env or {}),
-    }
-    config = ServiceConfig(
-        bootstrap=bootstrap,
-        topic=topic,
-        dlq_topic=dlq,
-        group=group,
-        smtp_port=sink.port,
+    stage = Stage(
+        bootstrap,
+        work_dir,
+        run_id,
+        sink=DelaySink(work_dir, delay=plan.delay, fail_every=plan.fail_every),
         workers=plan.workers,
-        extra_env=tuple(settings.items()),
+        env={
+            "EMAIL_RETRY_DELAYS": str(plan.retry_delay),
+            "KAFKA_OFFSET_MAP_MAX_BYTES": MAP_DEFAULT if offset_map else "0",
+            **(env or {}),
+        },
+        label="crash run",
     )
-    first = second = None
+    sink, topic, group = stage.sink, stage.topic, stage.config.group
     try:
-        first = ServiceProcess(config, work_dir)
-        await _until(
+        await stage.create_topics(plan.partitions)
+        await produce_backlog(
+            bootstrap, topic, run_id=run_id, count=plan.requests, partitions=plan.partitions
+        )
+        began = time.monotonic()
+        first = stage.start()
+        await stage.until(
             f"{plan.kill_after} accepted",
             lambda: sink.accepted() >= plan.kill_after,
             limit=120,
@@ -130,14 +115,14 @@ async def measure_crash(
         await asyncio.sleep(0.5)  # the sink writes its log every 0.1 s
         sent_before = sink.accepted()
         committed_before, mapped_before = await _committed(bootstrap, group, topic, plan.partitions)
-        second = ServiceProcess(config, work_dir)
+        second = stage.start()
 
         def all_sent() -> bool:
             sink.accepted()
             ids = {a.email_id for a in sink.acceptances()}
             return len(ids) >= plan.requests
 
-        await _until("every request accepted", all_sent, limit=300, alive=second)
+        await stage.until("every request accepted", all_sent, limit=300, alive=second)
         while (await _committed(bootstrap, group, topic, plan.partitions))[0] < plan.requests:
             second.check_alive()
             await asyncio.sleep(0.2)
@@ -146,10 +131,7 @@ async def measure_crash(
         )
         second.stop()
     finally:
-        for service in (first, second):
-            if service is not None:
-                service.kill()
-        sink.stop()
+        stage.close()
     counts = collections.Counter(a.email_id for a in sink.acceptances())
     return CrashResult(
         offset_map=offset_map,

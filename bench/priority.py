@@ -18,14 +18,12 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.kafka import create_topic
-
-from .service import ServiceConfig, ServiceProcess
+from .service import ServiceProcess
 from .sinks import DelaySink
+from .stage import Stage
 from .workload import produce_backlog, produce_paced
 
 
@@ -82,19 +80,8 @@ def latencies(seconds: list[float]) -> Latencies:
     return Latencies(p50=statistics.median(ordered), p99=p99, worst=ordered[-1])
 
 
-async def _until(
-    what: str, check: Callable[[], bool], *, limit: float, alive: ServiceProcess
-) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        alive.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"priority run: {what} not reached within {limit:.0f} s")
-        await asyncio.sleep(0.05)
-
-
 class _Run:
-    """Topics, the delay sink and a service with the priority lane on."""
+    """A stage whose service has the priority lane on (``lanes``) or not."""
 
     def __init__(
         self, bootstrap: str, work_dir: Path, plan: PriorityPlan, run_id: str, *, lanes: bool = True
@@ -102,31 +89,26 @@ class _Run:
         self.bootstrap = bootstrap
         self.plan = plan
         self.run_id = run_id
-        self.topic = f"{run_id}-requests"
         self.priority = f"{run_id}-priority"
-        self.sink = DelaySink(work_dir, delay=plan.delay)
-        self.config = ServiceConfig(
-            bootstrap=bootstrap,
-            topic=self.topic,
-            dlq_topic=f"{run_id}-dlq",
-            group=f"{run_id}-group",
-            smtp_port=self.sink.port,
+        self.stage = Stage(
+            bootstrap,
+            work_dir,
+            run_id,
+            sink=DelaySink(work_dir, delay=plan.delay),
             workers=plan.workers,
-            extra_env=(("KAFKA_PRIORITY_TOPIC", self.priority),) if lanes else (),
+            env={"KAFKA_PRIORITY_TOPIC": self.priority} if lanes else None,
+            label="priority run",
         )
+        self.sink = self.stage.sink
+        self.topic = self.stage.topic
         # Without the lane (today's service), the "priority" requests go to the one topic.
         self.urgent_topic = self.priority if lanes else self.topic
-        self.work_dir = work_dir
-        self.service: ServiceProcess | None = None
 
     async def topics(self) -> None:
-        await create_topic(self.bootstrap, self.topic, self.plan.partitions)
-        await create_topic(self.bootstrap, self.priority, 1)
-        await create_topic(self.bootstrap, self.config.dlq_topic, 1)
+        await self.stage.create_topics(self.plan.partitions, self.priority)
 
     def start(self) -> ServiceProcess:
-        self.service = ServiceProcess(self.config, self.work_dir)
-        return self.service
+        return self.stage.start()
 
     def normal_accepted(self) -> int:
         prefix = f"{self.run_id}-n-"
@@ -151,14 +133,12 @@ class _Run:
             self.sink.accepted()
             return ids <= {a.email_id for a in self.sink.acceptances()}
 
-        await _until("every priority request accepted", done, limit=300, alive=service)
+        await self.stage.until("every priority request accepted", done, limit=300, alive=service)
         found = {a.email_id: a.at for a in self.sink.acceptances() if a.email_id in ids}
         return [found[id_] - stamps[id_] for id_ in stamps]
 
     def stop(self) -> None:
-        if self.service is not None:
-            self.service.kill()  # the backlog is not drained: nothing else is measured here
-        self.sink.stop()
+        self.stage.close()  # the backlog is not drained: nothing else is measured here
 
 
 async def measure_priority(
@@ -170,7 +150,7 @@ async def measure_priority(
         await idle.topics()
         service = idle.start()
         await asyncio.sleep(3)  # joined its group: Tansu's lowered timeouts
-        await _until("ready", lambda: _ready(service), limit=60, alive=service)
+        await idle.stage.until("ready", lambda: _ready(service), limit=60, alive=service)
         stamps = await idle.burst(service)
         idle_latencies = latencies(await idle.wait_accepted(stamps, service))
     finally:
@@ -206,7 +186,7 @@ async def _behind_backlog(loaded: _Run) -> tuple[float, float, Latencies, int]:
             partitions=plan.partitions,
         )
         service = loaded.start()
-        await _until(
+        await loaded.stage.until(
             "the warm-up", lambda: loaded.sink.accepted() >= plan.warm_up, limit=120, alive=service
         )
         first = loaded.normal_accepted()

@@ -11,31 +11,28 @@ for them to expire (DEDUP_CLAIM_TTL, short here) before it sends those requests.
 
 from __future__ import annotations
 
-import collections
-import signal
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from support.kafka import Broker, Topics, committed_total, produce, wait_for
+from support.kafka import Broker, Topics
 from support.redis_server import RedisServer
-from support.service import ServiceProcess, request_payload, settings_for
-from support.smtp_server import TRY_LATER, SmtpTestServer
+from support.service import ServiceProcess, settings_for
+from support.smtp_server import SmtpTestServer
+from support.steps import (
+    deliveries,
+    hold_back_every_tenth,
+    kill_9,
+    launch,
+    publish_requests,
+    wait_all_committed,
+    wait_all_delivered,
+)
 
 pytestmark = pytest.mark.integration
 
 REQUESTS = 400
 WORKERS = 4
-
-
-async def gauge(service: ServiceProcess, name: str) -> float:
-    _, text = await service.get("/metrics")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise AssertionError(f"{name} not exported")
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
@@ -53,10 +50,8 @@ async def test_kill_9_mid_batch_loses_nothing_and_counts_duplicates(
         server: RedisServer = request.getfixturevalue("redis")
         redis_url = server.url
     ids = [f"crash-{i}" for i in range(REQUESTS)]
-    for id_ in ids[::10]:
-        relay.fail_data(TRY_LATER, email_id=id_, times=1)
-    relay.delay_data(0.01)  # the rules above win for their ids
-    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    hold_back_every_tenth(relay, ids)
+    await publish_requests(broker, topics.requests, ids)
     settings = settings_for(
         broker,
         topics,
@@ -67,38 +62,24 @@ async def test_kill_9_mid_batch_loses_nothing_and_counts_duplicates(
         dedup={"claim_ttl": 10},
     )
 
-    first = ServiceProcess(settings, tmp_path / "first.log")
-    processes.append(first)
-    first.start()
+    first = await launch(processes, settings, tmp_path / "first.log")
     await relay.wait_for_messages(REQUESTS * 2 // 5, within=120)
-    in_flight_at_kill = await gauge(first, "email_in_flight_requests")
-    first.kill()  # SIGKILL: no drain, no final commit, no record of what was under way
-    assert first.process.returncode == -signal.SIGKILL
-    delivered_before = len(relay.messages)
-    committed_before = await committed_total(broker, topics)
+    in_flight_at_kill = await first.sample("email_in_flight_requests")
+    # No record of what was under way survives the kill.
+    at_kill = await kill_9(first, relay, broker, topics)
+    delivered_before, committed_before = at_kill.delivered, at_kill.committed
     assert committed_before < REQUESTS
 
-    second = ServiceProcess(settings, tmp_path / "second.log")
-    processes.append(second)
-    second.start()
-    await wait_for(
-        lambda: set(ids) <= {message.email_id for message in relay.messages},
-        120,
-        interval=0.2,
-        message="every request delivered after the restart",
-    )
-
-    async def all_committed() -> bool:
-        return await committed_total(broker, topics) == REQUESTS
-
-    await wait_for(all_committed, 60, message="everything committed after the restart")
-    delivered = collections.Counter(message.email_id for message in relay.messages)
+    second = await launch(processes, settings, tmp_path / "second.log")
+    await wait_all_delivered(relay, ids, within=120)
+    await wait_all_committed(broker, topics, REQUESTS, within=60)
+    delivered = deliveries(relay)
     assert set(delivered) == set(ids), "no request lost"
     duplicates = sum(delivered.values()) - REQUESTS
     # Skipped by id (the sent-id record) or, where the broker keeps commit metadata (Apache
     # Kafka), by offset first: the offset map of the last commit lists finished offsets.
-    skipped_by_id = await gauge(second, "email_duplicates_skipped_total")
-    skipped_by_offset = await gauge(second, "email_skipped_finished_total")
+    skipped_by_id = await second.sample("email_duplicates_skipped_total")
+    skipped_by_offset = await second.sample("email_skipped_finished_total")
     skipped = skipped_by_id + skipped_by_offset
     print(
         f"\nkill -9 duplicates, store={store}: {duplicates} of {REQUESTS} requests "

@@ -14,13 +14,19 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from messaging_service.adapters.kafka_admin import admin_client
 from messaging_service.core.offsetmap import OffsetMap, decode
-from support.kafka import Broker, BrokerKind, Topics, broker_kind, produce, wait_for
-from support.service import ServiceProcess, request_payload, settings_for
-from support.smtp_server import TRY_LATER, SmtpTestServer
+from support.kafka import Broker, BrokerKind, Topics, broker_kind, wait_for
+from support.service import ServiceProcess, settings_for
+from support.smtp_server import SmtpTestServer
+from support.steps import (
+    deliveries,
+    hold_back_every_tenth,
+    launch,
+    publish_requests,
+    wait_all_delivered,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +43,6 @@ def apache_kafka(broker: Broker) -> Broker:
             "(scripts/test's second pass) or KAFKA_BOOTSTRAP_SERVERS"
         )
     return broker
-
-
-async def counter(service: ServiceProcess, name: str) -> float:
-    _, text = await service.get("/metrics")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise AssertionError(f"{name} not exported")
 
 
 async def committed(bootstrap: str, topics: Topics) -> dict[int, tuple[int, str]]:
@@ -79,20 +76,16 @@ async def kill_and_restart(
     tmp_path: Path,
     *,
     map_committed: bool,
-) -> tuple[collections.Counter[str], set[str], float, ServiceProcess]:
+) -> tuple[collections.Counter[str | None], set[str], float, ServiceProcess]:
     """Run, kill -9 mid-batch, restart, wait for all; returns sends, mapped ids, skips."""
     bootstrap = broker.bootstrap
     ids = [f"map-{i}" for i in range(REQUESTS)]
-    for id_ in ids[::10]:
-        relay.fail_data(TRY_LATER, email_id=id_, times=1)
-    relay.delay_data(0.01)
-    placed = await produce(bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    hold_back_every_tenth(relay, ids)
+    placed = await publish_requests(broker, topics.requests, ids)
     id_at = dict(zip(placed, ids, strict=True))
     settings = settings_for(broker, topics, relay.port, workers=WORKERS, retry_delays="3")
 
-    first = ServiceProcess(settings, tmp_path / "first.log")
-    processes.append(first)
-    first.start()
+    first = await launch(processes, settings, tmp_path / "first.log")
     await relay.wait_for_messages(REQUESTS // 3, within=120)
     if map_committed:
 
@@ -103,24 +96,17 @@ async def kill_and_restart(
     first.kill()  # SIGKILL: no drain, no final commit
     mapped = {id_at[placed] for placed in mapped_offsets(await committed(bootstrap, topics))}
 
-    second = ServiceProcess(settings, tmp_path / "second.log")
-    processes.append(second)
-    second.start()
-    await wait_for(
-        lambda: set(ids) <= {message.email_id for message in relay.messages},
-        120,
-        interval=0.2,
-        message="every request delivered after the restart",
-    )
+    second = await launch(processes, settings, tmp_path / "second.log")
+    await wait_all_delivered(relay, ids, within=120)
 
     async def all_committed() -> bool:
         commits = await committed(bootstrap, topics)
         return sum(offset for offset, _ in commits.values()) == REQUESTS
 
     await wait_for(all_committed, 60, interval=0.2, message="everything committed")
-    sent = collections.Counter(str(message.email_id) for message in relay.messages)
+    sent = deliveries(relay)
     assert set(sent) == set(ids), "no request lost"
-    skipped = await counter(second, "email_skipped_finished_total")
+    skipped = await second.sample("email_skipped_finished_total")
     return sent, mapped, skipped, second
 
 

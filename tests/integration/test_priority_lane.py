@@ -7,20 +7,23 @@ committed in full across a rebalance and a restart.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from messaging_service.config import Settings
 from support.events import read_events
 from support.kafka import (
     Broker,
     Topics,
     committed_offsets,
     create_topic,
-    produce,
     unique,
     wait_for,
 )
-from support.service import in_process, request_payload, settings_for
+from support.service import in_process, settings_for
 from support.smtp_server import SmtpTestServer
+from support.steps import publish_requests
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +38,14 @@ async def lane_topics(broker: Broker, *, partitions: int = 3) -> tuple[Topics, s
 
 
 async def publish(broker: Broker, topic: str, ids: list[str]) -> None:
-    keys = [id_.encode() for id_ in ids]
-    await produce(broker.bootstrap, topic, [request_payload(id_) for id_ in ids], keys=keys)
+    await publish_requests(broker, topic, ids, keyed=True)
+
+
+def lane_settings(
+    broker: Broker, topics: Topics, priority: str, relay: SmtpTestServer, **overrides: Any
+) -> Settings:
+    """The test's settings with ``priority`` as the priority lane's topic."""
+    return settings_for(broker, topics, relay.port, kafka={"priority_topic": priority}, **overrides)
 
 
 def delivered(relay: SmtpTestServer) -> list[str]:
@@ -53,14 +62,7 @@ async def test_priority_requests_overtake_a_normal_backlog(
 ) -> None:
     topics, priority = await lane_topics(broker)
     relay.delay_data(0.02)
-    settings = settings_for(
-        broker,
-        topics,
-        relay.port,
-        workers=4,
-        buffer=20,
-        kafka={"priority_topic": priority},
-    )
+    settings = lane_settings(broker, topics, priority, relay, workers=4, buffer=20)
     backlog = [f"n-{i}" for i in range(1000)]
     await publish(broker, topics.requests, backlog)
     async with in_process(settings) as service:
@@ -85,14 +87,8 @@ async def test_a_steady_priority_stream_does_not_starve_the_normal_lane(
     """Both lanes wait from the start: normal requests keep their share of the workers."""
     topics, priority = await lane_topics(broker, partitions=1)
     relay.delay_data(0.01)
-    settings = settings_for(
-        broker,
-        topics,
-        relay.port,
-        workers=2,
-        buffer=20,
-        kafka={"priority_topic": priority},
-        email={"priority_share": 0.75},
+    settings = lane_settings(
+        broker, topics, priority, relay, workers=2, buffer=20, email={"priority_share": 0.75}
     )
     await publish(broker, priority, [f"p-{i}" for i in range(400)])
     await publish(broker, topics.requests, [f"n-{i}" for i in range(100)])
@@ -111,14 +107,7 @@ async def test_both_lanes_commit_everything_across_a_rebalance_and_a_restart(
 ) -> None:
     topics, priority = await lane_topics(broker, partitions=2)
     relay.delay_data(0.01)
-    settings = settings_for(
-        broker,
-        topics,
-        relay.port,
-        workers=2,
-        buffer=10,
-        kafka={"priority_topic": priority},
-    )
+    settings = lane_settings(broker, topics, priority, relay, workers=2, buffer=10)
     normal = [f"n-{i}" for i in range(150)]
     urgent = [f"p-{i}" for i in range(150)]
     await publish(broker, topics.requests, normal)
@@ -164,9 +153,7 @@ async def test_outcome_events_carry_the_lane(broker: Broker, relay: SmtpTestServ
     topics, priority = await lane_topics(broker, partitions=1)
     events = unique("events")
     await create_topic(broker.bootstrap, events, partitions=1)
-    settings = settings_for(
-        broker, topics, relay.port, events_topic=events, kafka={"priority_topic": priority}
-    )
+    settings = lane_settings(broker, topics, priority, relay, events_topic=events)
     await publish(broker, topics.requests, ["n-1"])
     await publish(broker, priority, ["p-1"])
     async with in_process(settings):

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import collections
 import signal
 from pathlib import Path
 
 import pytest
 
-from support.kafka import Broker, Topics, committed_total, produce, wait_for
-from support.service import ServiceProcess, request_payload, settings_for
+from support.kafka import Broker, Topics, committed_total
+from support.service import ServiceProcess, settings_for
 from support.smtp_server import SmtpTestServer
+from support.steps import (
+    deliveries,
+    kill_9,
+    launch,
+    publish_requests,
+    wait_all_committed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -24,17 +30,15 @@ async def test_sigterm_drains_in_flight_requests_commits_and_exits_zero(
 ) -> None:
     relay.delay_data(0.2)  # 40 requests on 4 workers: about two seconds of sending
     ids = [f"term-{i}" for i in range(40)]
-    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
-    service = ServiceProcess(settings_for(broker, topics, relay.port), tmp_path / "log")
-    processes.append(service)
-    service.start()
-    await service.wait_ready()
+    await publish_requests(broker, topics.requests, ids)
+    settings = settings_for(broker, topics, relay.port)
+    service = await launch(processes, settings, tmp_path / "log", ready_within=30)
     await relay.wait_for_messages(1, within=30)
 
     service.signal(signal.SIGTERM)
     assert await service.wait_exit(timeout=60) == 0, service.log_tail()
 
-    delivered = collections.Counter(message.email_id for message in relay.messages)
+    delivered = deliveries(relay)
     assert delivered.keys() == set(ids), "every fetched request is finished before exit"
     assert max(delivered.values()) == 1
     assert await committed_total(broker, topics) == len(ids)
@@ -53,32 +57,21 @@ async def test_sigkill_then_restart_loses_nothing(
 ) -> None:
     relay.delay_data(0.05)
     ids = [f"kill-{i}" for i in range(120)]
-    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    await publish_requests(broker, topics.requests, ids)
     settings = settings_for(broker, topics, relay.port, workers=2)
 
-    first = ServiceProcess(settings, tmp_path / "first.log")
-    processes.append(first)
-    first.start()
+    first = await launch(processes, settings, tmp_path / "first.log")
     await relay.wait_for_messages(20, within=60)
-    first.kill()  # SIGKILL: no drain, no final commit
-    assert first.process.returncode == -signal.SIGKILL
-    delivered_before = len(relay.messages)
-    committed_before = await committed_total(broker, topics)
-    assert committed_before < len(ids)
+    at_kill = await kill_9(first, relay, broker, topics)
+    assert at_kill.committed < len(ids)
 
-    second = ServiceProcess(settings, tmp_path / "second.log")
-    processes.append(second)
-    second.start()
+    await launch(processes, settings, tmp_path / "second.log")
     await relay.wait_for_messages(len(ids), within=90)
-
-    async def all_committed() -> bool:
-        return await committed_total(broker, topics) == len(ids)
-
-    await wait_for(all_committed, 30, message="everything committed after the restart")
-    delivered = collections.Counter(message.email_id for message in relay.messages)
+    await wait_all_committed(broker, topics, len(ids), within=30)
+    delivered = deliveries(relay)
     assert set(delivered) == set(ids), "no request lost"
     duplicates = sum(delivered.values()) - len(ids)
     # Only requests finished after the last commit, or in flight at the kill (the relay may
     # have accepted those as the process died), can be sent twice.
     in_flight_at_kill = settings.email.worker_count
-    assert duplicates <= delivered_before - committed_before + in_flight_at_kill
+    assert duplicates <= at_kill.delivered - at_kill.committed + in_flight_at_kill

@@ -9,7 +9,6 @@ import signal
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from support.kafka import (
     Broker,
@@ -17,25 +16,15 @@ from support.kafka import (
     Topics,
     broker_kind,
     committed_total,
-    produce,
     wait_for,
 )
-from support.service import ServiceProcess, request_payload, settings_for
+from support.service import ServiceProcess, settings_for
 from support.smtp_server import SmtpTestServer
+from support.steps import delivered_ids, launch, publish_requests
 
 pytestmark = pytest.mark.integration
 
 _TWO = {"SERVICE_PROCESSES": "2", "SERVICE_INSTANCE_NAME": "test-host"}
-
-
-async def _metrics(service: ServiceProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = await service.get("/metrics")
-    assert status == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
 
 
 def _value(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
@@ -71,12 +60,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def _start(service: ServiceProcess, processes: list[ServiceProcess]) -> None:
-    processes.append(service)
-    service.start()
-    await service.wait_ready(timeout=60)
-
-
 async def test_metrics_of_two_processes_are_the_sum_of_what_each_did(
     broker: Broker,
     topics: Topics,
@@ -85,14 +68,13 @@ async def test_metrics_of_two_processes_are_the_sum_of_what_each_did(
     tmp_path: Path,
 ) -> None:
     settings = settings_for(broker, topics, relay.port, workers=3)
-    service = ServiceProcess(settings, tmp_path / "log", env=_TWO)
-    await _start(service, processes)
+    service = await launch(processes, settings, tmp_path / "log", env=_TWO, ready_within=60)
 
     # Produce once the group is settled (each child owns a share of the three partitions), so
     # that no rebalance hands a record to both children.
     await wait_for(lambda: _shared_out(service), 60, message="the three partitions shared out")
     ids = [f"sum-{i}" for i in range(60)]
-    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    await publish_requests(broker, topics.requests, ids)
     await relay.wait_for_messages(len(ids), within=60)
 
     # Tansu sometimes rebalances a busy group on its own (a member's heartbeat refused), and
@@ -107,7 +89,7 @@ async def test_metrics_of_two_processes_are_the_sum_of_what_each_did(
 
     async def settled() -> bool:
         # Live gauges are copied twice a second; counters are exact at once.
-        metrics = await _metrics(service)
+        metrics = await service.samples()
         seen.update(
             {
                 name: _value(metrics, name)
@@ -132,12 +114,12 @@ async def test_metrics_of_two_processes_are_the_sum_of_what_each_did(
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {seen}\n{service.log_tail(60)}") from exc
     assert seen["email_requests_consumed_total"] >= len(ids)
-    metrics = await _metrics(service)
+    metrics = await service.samples()
     assert _value(metrics, "email_service_processes_running") == 2
     assert _value(metrics, "email_worker_pool_size") == 2 * 3
     assert metrics[("email_readiness_check", (("check", "joined_group"),))] == 1
     assert set(sent_events()) == {0, 1}, "both children sent some of them"
-    assert {message.email_id for message in relay.messages} == set(ids)
+    assert delivered_ids(relay) == set(ids)
     instance_ids = {
         event["child"]: event.get("group_instance_id")
         for event in service.events()
@@ -168,33 +150,31 @@ async def test_a_child_killed_with_sigkill_is_restarted_and_its_requests_deliver
     # Tansu accepts group.instance.id without honouring it (docs/operations.md): there the
     # children join as dynamic members; Apache Kafka keeps a restarted child's partitions.
     static = broker_kind(broker) is BrokerKind.KAFKA
-    service = ServiceProcess(
-        settings,
-        tmp_path / "log",
-        env={**_TWO, "SERVICE_STATIC_MEMBERSHIP": "true" if static else "false"},
+    membership = {"SERVICE_STATIC_MEMBERSHIP": "true" if static else "false"}
+    service = await launch(
+        processes, settings, tmp_path / "log", env={**_TWO, **membership}, ready_within=60
     )
-    await _start(service, processes)
     ids = [f"restart-{i}" for i in range(120)]
-    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    await publish_requests(broker, topics.requests, ids)
     await relay.wait_for_messages(20, within=60)
     victim = _children(service)[0]
     os.kill(victim, signal.SIGKILL)
 
     await wait_for(lambda: _children(service)[0] != victim, 30, message="child 0 restarted")
     await wait_for(
-        lambda: {message.email_id for message in relay.messages} == set(ids),
+        lambda: delivered_ids(relay) == set(ids),
         120,
         message="every request delivered, none lost",
     )
 
     async def counted() -> bool:
-        sent = _value(await _metrics(service), "email_sent_total")
+        sent = _value(await service.samples(), "email_sent_total")
         # The killed child's counts stay in the sum, so it is every acceptance (duplicates
         # too) but those whose 250 arrived as the child died: at most one per worker (2).
         return len(relay.messages) - 2 <= sent <= len(relay.messages)
 
     await wait_for(counted, 10, message="email_sent_total counts the dead child too")
-    metrics = await _metrics(service)
+    metrics = await service.samples()
     assert metrics[("email_service_process_restarts_total", (("child", "0"),))] == 1
     assert metrics[("email_service_process_restarts_total", (("child", "1"),))] == 0
     exited = [e for e in service.events() if e.get("event") == "service_process_exited"]
@@ -220,10 +200,9 @@ async def test_killing_the_supervisor_leaves_no_child_behind(
 ) -> None:
     relay.delay_data(0.05)
     settings = settings_for(broker, topics, relay.port, workers=2)
-    service = ServiceProcess(settings, tmp_path / "log", env=_TWO)
-    await _start(service, processes)
+    service = await launch(processes, settings, tmp_path / "log", env=_TWO, ready_within=60)
     ids = [f"orphan-{i}" for i in range(40)]
-    await produce(broker.bootstrap, topics.requests, [request_payload(id_) for id_ in ids])
+    await publish_requests(broker, topics.requests, ids)
     await relay.wait_for_messages(5, within=60)
     children = _children(service)
     assert len(children) == 2
@@ -237,5 +216,4 @@ async def test_killing_the_supervisor_leaves_no_child_behind(
     stopped = [e for e in service.events() if e.get("event") == "service_stopped"]
     assert sorted(e["child"] for e in stopped) == [0, 1]
     assert all(e["final_commit"] == "ok" for e in stopped)
-    delivered = {message.email_id for message in relay.messages}
-    assert await committed_total(broker, topics) == len(delivered)
+    assert await committed_total(broker, topics) == len(delivered_ids(relay))

@@ -60,7 +60,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from support.kafka import (
     RestartableBroker,
@@ -192,15 +191,6 @@ class Timeline:
         self.entries.append(f"{elapsed:6.1f}s sent={self.producer.sent:5d} {what}")
 
 
-async def gauge(replica: ServiceProcess, name: str) -> float:
-    _, text = await replica.get("/metrics")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise AssertionError(f"{name} is not exported")
-
-
 def script_relay(relay: SmtpTestServer) -> tuple[set[str], set[str]]:
     """Script the relay's answers; returns the ids that must be delivered and the others."""
     good = {request_id(n) for n in range(REQUESTS) if not has_no_template(n) and not is_refused(n)}
@@ -277,9 +267,9 @@ async def test_soak_every_fault_loses_nothing_bounds_duplicates_and_commits_ever
 
         async def kill_and_restart() -> None:
             victim = replicas[-1]
-            observed["in_flight_at_kill"] = await gauge(victim, "email_in_flight_requests")
-            observed["uncommitted_at_kill"] = await gauge(
-                victim, "email_uncommitted_finished_offsets"
+            observed["in_flight_at_kill"] = await victim.sample("email_in_flight_requests")
+            observed["uncommitted_at_kill"] = await victim.sample(
+                "email_uncommitted_finished_offsets"
             )
             victim.kill()  # SIGKILL: no drain, no commit, no record of the sends under way
             assert victim.process.returncode == -signal.SIGKILL

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from messaging_service.app import Running, run_service
 from messaging_service.config import Settings, load_settings
@@ -221,6 +222,25 @@ class ServiceProcess:
             session.get(url) as response,
         ):
             return response.status, await response.text()
+
+    async def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """``/metrics`` as {(sample name, sorted labels): value}."""
+        status, body = await self.get("/metrics")
+        assert status == 200
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body)
+            for sample in family.samples
+        }
+
+    async def sample(self, name: str) -> float:
+        """The first sample called ``name`` on ``/metrics`` (an unlabelled counter or gauge)."""
+        _, text = await self.get("/metrics")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    return sample.value
+        raise AssertionError(f"{name} not exported")
 
     def signal(self, signum: signal.Signals) -> None:
         self.process.send_signal(signum)
