@@ -6,54 +6,20 @@ import json
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from messaging_service.core.mime import MessageBuilder
-from messaging_service.core.retry import Backoff, RetryPolicy
-from messaging_service.core.templates import TemplateRenderer
+from messaging_service.core.retry import Backoff
 from messaging_service.core.values import FailureReason, Outcome, RecipientRefusal, SendReport
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
 from messaging_service.service.delivery import Delivery, Finished, RetryIn
-from messaging_service.service.health import Health
 from messaging_service.telemetry import logcontext
-from messaging_service.telemetry.metrics import Metrics
 from support.fakes import FakeDeadLetters, FakeSender, record
-from support.handler import make_handler
-from support.samples import sample_sum
-
-RENDERER = TemplateRenderer()
+from support.handler import HandlerHarness
 
 
-class Harness:
+class Harness(HandlerHarness):
     def __init__(self, sender: FakeSender, dead_letters: FakeDeadLetters | None = None) -> None:
-        self.sender = sender
-        self.dead_letters = dead_letters or FakeDeadLetters()
-        self.registry = CollectorRegistry()
-        self.health = Health()
-        self.handler = make_handler(
-            renderer=RENDERER,
-            builder=MessageBuilder("Shop <shop@example.com>"),
-            sender=sender,
-            dead_letters=self.dead_letters,
-            policy=RetryPolicy(max_retries=3, delays=(1, 5, 10)),
-            metrics=Metrics(self.registry),
-            health=self.health,
-            dead_letter_backoff=Backoff(initial=0.5, ceiling=4),
-            clock=lambda: 1_700_000_001.0,
-        )
-
-    def metric(self, name: str, **labels: str) -> float:
-        return sample_sum(self.registry, name, **labels)
-
-    async def run_to_end(self, delivery: Delivery) -> tuple[Finished, list[float]]:
-        """Drive a delivery like the pipeline does, collecting the waits it asked for."""
-        waits: list[float] = []
-        while True:
-            step = await self.handler.process(delivery)
-            if isinstance(step, Finished):
-                return step, waits
-            assert isinstance(step, RetryIn), step
-            waits.append(step.seconds)
+        backoff = Backoff(initial=0.5, ceiling=4)
+        super().__init__(sender, dead_letters=dead_letters, dead_letter_backoff=backoff)
 
 
 def welcome(**overrides: Any) -> bytes:

@@ -7,25 +7,16 @@ import json
 
 import pytest
 import structlog
-from prometheus_client import CollectorRegistry
 
 from messaging_service.adapters.sentlog import MemorySentLog
 from messaging_service.core.circuit import CircuitBreaker
-from messaging_service.core.mime import MessageBuilder
 from messaging_service.core.ports import SentLog
-from messaging_service.core.retry import RetryPolicy
-from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import Claim, Outcome, OutgoingEmail, SendReport
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
 from messaging_service.service.delivery import Delivery, Finished, Parked, RetryIn
-from messaging_service.service.health import Health
 from messaging_service.service.relay import Relay
-from messaging_service.telemetry.metrics import Metrics
-from support.fakes import FakeDeadLetters, FakeSender, FakeSentLog, record, unavailable
-from support.handler import make_handler
-from support.samples import sample_sum
-
-RENDERER = TemplateRenderer()
+from support.fakes import FakeSender, FakeSentLog, record, unavailable
+from support.handler import HandlerHarness
 
 
 def welcome(offset: int = 0) -> Delivery:
@@ -55,29 +46,11 @@ class GatedSender(FakeSender):
         return await super().send(email)
 
 
-class Harness:
+class Harness(HandlerHarness):
     def __init__(
         self, sender: FakeSender, sent_log: SentLog, *, relay: Relay | None = None
     ) -> None:
-        self.sender = sender
-        self.sent_log = sent_log
-        self.dead_letters = FakeDeadLetters()
-        self.registry = CollectorRegistry()
-        self.handler = make_handler(
-            renderer=RENDERER,
-            builder=MessageBuilder("Shop <shop@example.com>"),
-            sender=sender,
-            dead_letters=self.dead_letters,
-            policy=RetryPolicy(max_retries=3, delays=(1, 5, 10)),
-            metrics=Metrics(self.registry),
-            health=Health(),
-            relay=relay,
-            sent_log=sent_log,
-            clock=lambda: 1_700_000_001.0,
-        )
-
-    def metric(self, name: str, **labels: str) -> float:
-        return sample_sum(self.registry, name, **labels)
+        super().__init__(sender, sent_log=sent_log, relay=relay)
 
 
 async def test_two_copies_in_flight_at_once_are_sent_once() -> None:

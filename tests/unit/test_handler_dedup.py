@@ -5,21 +5,12 @@ from __future__ import annotations
 import json
 
 import structlog
-from prometheus_client import CollectorRegistry
 
-from messaging_service.core.mime import MessageBuilder
-from messaging_service.core.retry import RetryPolicy
-from messaging_service.core.templates import TemplateRenderer
 from messaging_service.core.values import Outcome
 from messaging_service.errors import SmtpRejectedError, SmtpTransientError
 from messaging_service.service.delivery import Delivery, Finished, RetryIn
-from messaging_service.service.health import Health
-from messaging_service.telemetry.metrics import Metrics
-from support.fakes import FakeDeadLetters, FakeSender, FakeSentLog, record, unavailable
-from support.handler import make_handler
-from support.samples import sample_sum
-
-RENDERER = TemplateRenderer()
+from support.fakes import FakeSender, FakeSentLog, record, unavailable
+from support.handler import HandlerHarness
 
 
 def welcome() -> bytes:
@@ -27,37 +18,19 @@ def welcome() -> bytes:
     return json.dumps(payload).encode()
 
 
-class Harness:
+class Harness(HandlerHarness):
     def __init__(self, sender: FakeSender, sent_log: FakeSentLog) -> None:
-        self.sender = sender
-        self.sent_log = sent_log
-        self.dead_letters = FakeDeadLetters()
-        self.registry = CollectorRegistry()
-        self.handler = make_handler(
-            renderer=RENDERER,
-            builder=MessageBuilder("Shop <shop@example.com>"),
-            sender=sender,
-            dead_letters=self.dead_letters,
-            policy=RetryPolicy(max_retries=3, delays=(1, 5, 10)),
-            metrics=Metrics(self.registry),
-            health=Health(),
-            sent_log=sent_log,
-            clock=lambda: 1_700_000_001.0,
-        )
+        super().__init__(sender, sent_log=sent_log)
+        self.sent_log: FakeSentLog = sent_log  # the fake's own view: the ids it recorded
 
-    def metric(self, name: str, **labels: str) -> float:
-        return sample_sum(self.registry, name, **labels)
-
-    async def run_to_end(self, delivery: Delivery) -> Finished:
-        while True:
-            step = await self.handler.process(delivery)
-            if isinstance(step, Finished):
-                return step
+    async def finish(self, delivery: Delivery) -> Finished:
+        step, _ = await self.run_to_end(delivery)
+        return step
 
 
 async def test_a_sent_id_is_recorded_after_the_relay_accepted_it() -> None:
     harness = Harness(FakeSender(), FakeSentLog())
-    assert await harness.run_to_end(Delivery(record(welcome()))) == Finished(Outcome.SENT)
+    assert await harness.finish(Delivery(record(welcome()))) == Finished(Outcome.SENT)
     assert harness.sent_log.ids == {"w-1"}
     assert harness.metric("email_duplicates_skipped_total") == 0
 
@@ -65,7 +38,7 @@ async def test_a_sent_id_is_recorded_after_the_relay_accepted_it() -> None:
 async def test_a_redelivered_id_finishes_as_duplicate_without_sending() -> None:
     harness = Harness(FakeSender(), FakeSentLog("w-1"))
     with structlog.testing.capture_logs() as logs:
-        step = await harness.run_to_end(Delivery(record(welcome())))
+        step = await harness.finish(Delivery(record(welcome())))
     assert step == Finished(Outcome.DUPLICATE)
     assert harness.sender.attempts == 0
     assert harness.metric("email_duplicates_skipped_total") == 1
@@ -76,8 +49,8 @@ async def test_a_redelivered_id_finishes_as_duplicate_without_sending() -> None:
 
 async def test_the_same_request_twice_is_sent_once() -> None:
     harness = Harness(FakeSender(), FakeSentLog())
-    first = await harness.run_to_end(Delivery(record(welcome(), offset=1)))
-    second = await harness.run_to_end(Delivery(record(welcome(), offset=2)))
+    first = await harness.finish(Delivery(record(welcome(), offset=1)))
+    second = await harness.finish(Delivery(record(welcome(), offset=2)))
     assert (first.outcome, second.outcome) == (Outcome.SENT, Outcome.DUPLICATE)
     assert len(harness.sender.sent) == 1
 
@@ -95,14 +68,14 @@ async def test_the_record_is_checked_before_every_attempt() -> None:
 
 async def test_failed_sends_and_dead_letters_are_not_recorded() -> None:
     harness = Harness(FakeSender(SmtpRejectedError("550", code=550)), FakeSentLog())
-    assert await harness.run_to_end(Delivery(record(welcome()))) == Finished(Outcome.DEAD_LETTERED)
+    assert await harness.finish(Delivery(record(welcome()))) == Finished(Outcome.DEAD_LETTERED)
     assert harness.sent_log.ids == set()
 
 
 async def test_an_unreadable_store_fails_open_sends_and_counts() -> None:
     harness = Harness(FakeSender(), FakeSentLog(seen_error=unavailable()))
     with structlog.testing.capture_logs() as logs:
-        step = await harness.run_to_end(Delivery(record(welcome())))
+        step = await harness.finish(Delivery(record(welcome())))
     assert step == Finished(Outcome.SENT)
     assert len(harness.sender.sent) == 1
     # The look-up before a send is the claim now.
