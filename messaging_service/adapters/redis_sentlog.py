@@ -15,21 +15,15 @@ import time
 from collections.abc import Callable
 
 import structlog
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from messaging_service.adapters.redis_store import GuardedRedis, describe
 from messaging_service.config import DedupSettings
 from messaging_service.core.lifetime import ClosedOnExit
 from messaging_service.core.values import Claim
 from messaging_service.errors import SentLogUnavailableError
 
 log = structlog.get_logger(__name__)
-
-# After a failure, answer "unavailable" at once for this long instead of paying the timeout on
-# every send while the store is down (one probe per interval finds it back).
-_HOLD_OFF = 1.0
 
 # The value of a sent id's key; a claim's token is never this.
 _SENT = b"1"
@@ -50,86 +44,56 @@ class RedisSentLog(ClosedOnExit):
     def __init__(
         self, settings: DedupSettings, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        if settings.redis_url is None:
-            raise ValueError("DEDUP_REDIS_URL is not set")
         self._prefix = settings.key_prefix
         self._ttl = settings.ttl
         self._claim_ttl_ms = settings.claim_ttl * 1000
-        self._clock = clock
-        self._down_until = 0.0
-        self._client: Redis | None = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            retry=Retry(NoBackoff(), 0),
+        self._redis = GuardedRedis(
+            settings, what="sent-id store", error=SentLogUnavailableError, clock=clock
         )
 
     async def __aenter__(self) -> RedisSentLog:
         # Not reachable at start is not fatal: sending goes on without the record (fail open).
         try:
-            await self._redis().ping()
+            await self._redis.client().ping()
         except (RedisError, OSError) as exc:
-            log.warning("dedup_unavailable", operation="ping", error=_describe(exc))
+            log.warning("dedup_unavailable", operation="ping", error=describe(exc))
         else:
             log.info("dedup_store_ready", store="redis")
         return self
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        await self._redis.close()
 
     async def seen(self, email_id: str) -> bool:
-        client = self._available()
+        client = self._redis.available()
         try:
             # The key may hold a claim's token instead: being sent is not sent.
             return await client.get(self._prefix + email_id) == _SENT
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self._redis.failed(exc) from exc
 
     async def claim(self, email_id: str, token: str) -> Claim:
-        client = self._available()
+        client = self._redis.available()
         try:
             held = await client.set(
                 self._prefix + email_id, token, nx=True, px=self._claim_ttl_ms, get=True
             )
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self._redis.failed(exc) from exc
         if held is None or held == token.encode():
             return Claim.CLAIMED
         return Claim.SENT if held == _SENT else Claim.HELD
 
     async def release(self, email_id: str, token: str) -> None:
-        client = self._available()
+        client = self._redis.available()
         try:
             await client.eval(_RELEASE, 1, self._prefix + email_id, token)
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self._redis.failed(exc) from exc
 
     async def record(self, email_id: str) -> None:
-        client = self._available()
+        client = self._redis.available()
         try:
             await client.set(self._prefix + email_id, 1, ex=self._ttl)
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
-
-    def _redis(self) -> Redis:
-        if self._client is None:
-            raise SentLogUnavailableError("sent-id store is closed")
-        return self._client
-
-    def _available(self) -> Redis:
-        client = self._redis()
-        if self._clock() < self._down_until:
-            raise SentLogUnavailableError("sent-id store failed less than a second ago")
-        return client
-
-    def _failed(self, exc: BaseException) -> SentLogUnavailableError:
-        self._down_until = self._clock() + _HOLD_OFF
-        return SentLogUnavailableError(f"sent-id store: {_describe(exc)}")
-
-
-def _describe(exc: BaseException) -> str:
-    # The class and redis-py's message (host and port at most); never the URL, which may
-    # carry a password.
-    return f"{type(exc).__name__}: {exc}"
+            raise self._redis.failed(exc) from exc

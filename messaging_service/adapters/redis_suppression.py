@@ -12,18 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from messaging_service.adapters.redis_store import GuardedRedis
 from messaging_service.config import DedupSettings
 from messaging_service.core.lifetime import ClosedOnExit
 from messaging_service.core.suppression import Suppression, normalise_address
 from messaging_service.errors import SuppressionUnavailableError
 
-# After a failure, answer "unavailable" at once for this long (as the sent-id store does).
-_HOLD_OFF = 1.0
 _SCAN_BATCH = 500
 
 
@@ -38,59 +34,50 @@ class RedisSuppressionStore(ClosedOnExit):
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if settings.redis_url is None:
-            raise ValueError("DEDUP_REDIS_URL is not set")
         self._prefix = key_prefix
         self._clock = clock
-        self._monotonic = monotonic
-        self._down_until = 0.0
-        self._client: Redis | None = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            retry=Retry(NoBackoff(), 0),
+        self._redis = GuardedRedis(
+            settings, what="suppression store", error=SuppressionUnavailableError, clock=monotonic
         )
 
     async def __aenter__(self) -> RedisSuppressionStore:
         return self
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        await self._redis.close()
 
     async def suppressed(self, addresses: Sequence[str]) -> frozenset[str]:
         if not addresses:
             return frozenset()
-        client = self._available()
+        client = self._redis.available()
         keys = [self._key(address) for address in addresses]
         try:
             values = await client.mget(keys)
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self._redis.failed(exc) from exc
         return frozenset(
             address for address, value in zip(addresses, values, strict=True) if value is not None
         )
 
     async def add(self, entry: Suppression) -> None:
-        client = self._available()
+        client = self._redis.available()
         ttl = None
         if entry.expires_at is not None:
             ttl = max(1, round(entry.expires_at - self._clock()))
         try:
             await client.set(self._key(entry.address), _encode(entry), ex=ttl)
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self._redis.failed(exc) from exc
 
     async def remove(self, address: str) -> bool:
-        client = self._available()
+        client = self._redis.available()
         try:
             return bool(await client.delete(self._key(address)))
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self._redis.failed(exc) from exc
 
     async def entries(self) -> list[Suppression]:
-        client = self._available()
+        client = self._redis.available()
         found: list[Suppression] = []
         try:
             async for key in client.scan_iter(
@@ -100,23 +87,11 @@ class RedisSuppressionStore(ClosedOnExit):
                 if value is not None:
                     found.append(_decode(value))
         except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
+            raise self._redis.failed(exc) from exc
         return sorted(found, key=lambda entry: entry.address)
 
     def _key(self, address: str) -> str:
         return self._prefix + normalise_address(address)
-
-    def _available(self) -> Redis:
-        if self._client is None:
-            raise SuppressionUnavailableError("suppression store is closed")
-        if self._monotonic() < self._down_until:
-            raise SuppressionUnavailableError("suppression store failed less than a second ago")
-        return self._client
-
-    def _failed(self, exc: BaseException) -> SuppressionUnavailableError:
-        self._down_until = self._monotonic() + _HOLD_OFF
-        # The class and redis-py's message (host and port at most); never the URL.
-        return SuppressionUnavailableError(f"suppression store: {type(exc).__name__}: {exc}")
 
 
 def _encode(entry: Suppression) -> str:
